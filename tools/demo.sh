@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# A short, unattended tour of the examples (`make demo`). Every wait is
+# bounded and every background process is stopped by its pid on exit.
+# Usage: tools/demo.sh BUILD_DIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build=${1:-build}
+ex=$build/examples
+for name in timers stdin echo_reactor fswatch; do
+  [[ -x $ex/$name ]] || { echo "demo: $ex/$name is missing; run make first" >&2; exit 1; }
+done
+
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/axon-demo.XXXXXX")
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+section() { printf '\n== %s ==\n' "$*"; }
+
+# wait_for FILE PATTERN: until a line of FILE matches, at most 5 s.
+wait_for() {
+  for _ in $(seq 100); do
+    grep -q "$2" "$1" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "demo: timed out waiting for '$2' in $1" >&2
+  return 1
+}
+
+section "timers: timeout, interval, date, deferred call, reschedule-by-return"
+timeout 10 "$ex/timers"
+
+section "stdin: lines read through the loop (the last one has no newline)"
+printf 'first line\nsecond line\nno newline at the end' | timeout 10 "$ex/stdin"
+
+section "echo_reactor: a TCP echo server on the reactor"
+"$ex/echo_reactor" --port 0 >"$tmp/echo.out" &
+echo_pid=$!
+pids+=("$echo_pid")
+wait_for "$tmp/echo.out" '^listening on '
+cat "$tmp/echo.out"
+port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$tmp/echo.out")
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+for msg in "hello, axon" "echo, echo"; do
+  printf '%s\n' "$msg" >&3
+  IFS= read -r -t 5 reply <&3
+  printf 'sent %-14q got back %q\n' "$msg" "$reply"
+done
+exec 3>&-
+kill -TERM "$echo_pid"
+status=0
+wait "$echo_pid" || status=$?
+echo "SIGTERM: echo_reactor exited with status $status"
+pids=()
+
+section "fswatch: changes in a watched directory"
+mkdir "$tmp/dir"
+"$ex/fswatch" "$tmp/dir" >"$tmp/fs.out" &
+fs_pid=$!
+pids+=("$fs_pid")
+wait_for "$tmp/fs.out" '^watching '
+echo "data" >"$tmp/dir/note.txt"
+mv "$tmp/dir/note.txt" "$tmp/dir/renamed.txt"
+rm "$tmp/dir/renamed.txt"
+wait_for "$tmp/fs.out" 'delete renamed.txt'
+kill -TERM "$fs_pid"
+status=0
+wait "$fs_pid" || status=$?
+pids=()
+sed "s|$tmp/|\$TMP/|" "$tmp/fs.out"
+
+section "done"
