@@ -55,7 +55,7 @@ STATIC := $(BUILD)/libaxon.a
 SHARED := $(BUILD)/libaxon.so.$(VERSION)
 DEPS_OK := build/.deps-ok
 
-.PHONY: all lib examples tools test test-build bench demo install uninstall clean deps
+.PHONY: FORCE all lib examples tools test test-build bench demo install uninstall clean deps
 .DEFAULT_GOAL := all
 
 all: lib examples tools
@@ -68,7 +68,15 @@ deps: $(DEPS_OK)
 
 lib: $(STATIC) $(SHARED)
 
-$(BUILD)/obj/%.o: src/%.c | $(DEPS_OK)
+# Rebuild everything when the flags change (CC, CFLAGS, liburing found or not).
+FLAGS_STAMP := $(BUILD)/.flags
+$(FLAGS_STAMP): FORCE
+	@mkdir -p $(BUILD)
+	@echo '$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) $(LIBS)' | cmp -s - $@ || \
+	  echo '$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) $(LIBS)' > $@
+FORCE:
+
+$(BUILD)/obj/%.o: src/%.c $(FLAGS_STAMP) | $(DEPS_OK)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -DAX_BUILDING -Isrc -MMD -MP -c $< -o $@
 
@@ -83,18 +91,18 @@ $(SHARED): $(LIB_OBJS) src/axon.map
 	ln -sf libaxon.so.$(SOVERSION) $(BUILD)/libaxon.so
 
 examples: $(EXAMPLES)
-$(BUILD)/examples/%: examples/%.c $(STATIC)
+$(BUILD)/examples/%: examples/%.c $(STATIC) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(ALL_LDFLAGS) $(STATIC) $(LIBS)
 
 tools: $(TOOLS)
-$(BUILD)/tools/%: tools/%.c $(STATIC)
+$(BUILD)/tools/%: tools/%.c $(STATIC) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $< -o $@ $(ALL_LDFLAGS) $(STATIC) $(LIBS)
 
 # Tests may include library sources or internal headers (-Isrc) to reach
 # internals; they link the static library.
-$(BUILD)/tests/%: tests/%.c tests/testutil.h $(STATIC)
+$(BUILD)/tests/%: tests/%.c tests/testutil.h $(STATIC) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Isrc -DAX_BUILD_DIR='"$(BUILD)"' -DAX_SAN='"$(SAN)"' \
 	  $< -o $@ $(ALL_LDFLAGS) $(STATIC) $(LIBS) -lcmocka

@@ -52,7 +52,7 @@ static ax_source_t *dog_new(ax_loop_t *loop, uint64_t ms, bool *fired) {
   ({                                                                           \
     bool fired_ = false;                                                       \
     ax_source_t *dog_ = dog_new((loop), (ms), &fired_);                        \
-    for (long i_ = 0; i_ < 10000000L && !(cond) && !fired_; i_++)             \
+    for (long i_ = 0; i_ < 10000000L && !(cond) && !fired_; i_++)              \
       assert_int_equal(ax_loop_run((loop), AX_RUN_ONCE), 0);                   \
     ax_source_free(dog_);                                                      \
     (bool)(cond);                                                              \
@@ -98,7 +98,7 @@ static void put(int fd, size_t n) {
 
 /* What an io callback saw. */
 typedef struct io_rec {
-  ax_source_t *src;  /* expected source */
+  ax_source_t *src; /* expected source */
   int calls;
   int fd;            /* last fd */
   unsigned revents;  /* last revents */
@@ -533,21 +533,20 @@ static void test_einval(void **state) {
   assert_int_equal(ax_io_new(loop, -1, never_io_cb, &called, &s), -EINVAL);
   assert_int_equal(ax_io_new(loop, -7, never_io_cb, &called, &s), -EINVAL);
   assert_int_equal(ax_io_new(loop, sv[0], NULL, &called, &s), -EINVAL);
-  assert_int_equal(ax_io_new(loop, sv[0], never_io_cb, &called, NULL),
-                   -EINVAL);
+  assert_int_equal(ax_io_new(loop, sv[0], never_io_cb, &called, NULL), -EINVAL);
   assert_int_equal(ax_io_new(NULL, sv[0], never_io_cb, &called, &s), -EINVAL);
   assert_ptr_equal(s, (ax_source_t *)0x1);
 
   s = NULL;
   assert_int_equal(ax_io_new(loop, sv[0], never_io_cb, &called, &s), 0);
   static const unsigned bad[] = {
-      0,                                     /* no interest */
-      AX_IO_ONESHOT,                         /* mode, no interest */
-      AX_IO_EDGE,                            /* mode, no interest */
-      AX_ERROR,                              /* readiness-only bit */
-      AX_HANGUP,                             /* readiness-only bit */
-      AX_READABLE | 0x1000u,                 /* unknown bit */
-      AX_READABLE | 0x80000000u,             /* unknown bit */
+      0,                                        /* no interest */
+      AX_IO_ONESHOT,                            /* mode, no interest */
+      AX_IO_EDGE,                               /* mode, no interest */
+      AX_ERROR,                                 /* readiness-only bit */
+      AX_HANGUP,                                /* readiness-only bit */
+      AX_READABLE | 0x1000u,                    /* unknown bit */
+      AX_READABLE | 0x80000000u,                /* unknown bit */
       AX_READABLE | AX_IO_EDGE | AX_IO_ONESHOT, /* both modes */
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -714,8 +713,8 @@ static void test_fd_too_big(void **state) {
   put(sv[1], 1);
   assert_true(RUN_UNTIL(loop, r.calls >= 1, 2000));
   assert_true(r.revents & AX_READABLE);
-  assert_int_equal(r.fd, ax_test_backend == AX_BACKEND_SELECT ? FD_SETSIZE - 1
-                                                              : big);
+  assert_int_equal(r.fd,
+                   ax_test_backend == AX_BACKEND_SELECT ? FD_SETSIZE - 1 : big);
   AX_ASSERT_VERIFIED(loop);
   ax_source_free(s);
   close(big);

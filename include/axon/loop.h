@@ -110,7 +110,10 @@ AX_API int ax_loop_free(ax_loop_t *loop);
 typedef enum ax_run_mode {
   /** Run until ax_loop_stop() or until no active, referenced source is left. */
   AX_RUN_DEFAULT = 0,
-  /** One iteration; block for I/O if nothing is ready and a source is live. */
+  /** Block until at least one callback has run (or the loop is stopped or
+   *  has nothing live), then finish that iteration. Usually one iteration;
+   *  a wait that ends with nothing to do (the wheel's timeout hint is a lower
+   *  bound for timers more than 256 ms away) is followed by another. */
   AX_RUN_ONCE,
   /** One iteration; never block. */
   AX_RUN_NOWAIT
@@ -122,8 +125,8 @@ typedef enum ax_run_mode {
  * An iteration: wait for I/O (not at all if deferred calls are pending; no
  * longer than the next timer), dispatch ready I/O, signal and fs-watch events,
  * run due timers and date timers, run deferred calls, reclaim freed sources.
- * Returns 0 when stopped, when nothing live is left, or after one iteration in
- * ONCE/NOWAIT mode; -EBUSY if the loop is already running (a nested call);
+ * Returns 0 when stopped, when nothing live is left, or when the ONCE/NOWAIT
+ * round is over; -EBUSY if the loop is already running (a nested call);
  * -EINVAL for a bad mode; or a negative errno if the backend fails (the loop
  * stays usable). EINTR is handled inside and never returned.
  */
@@ -151,7 +154,8 @@ AX_API void ax_loop_update_time(ax_loop_t *loop);
 /** Counters and facts about a loop; see ax_loop_info(). */
 typedef struct ax_loop_info {
   const char *backend;         /* backend in use: "epoll", "io_uring", ... */
-  const char *requested;       /* backend asked for ("auto" if none) */
+  const char *requested;       /* backend asked for, by option or by
+                                  $AXON_BACKEND; "auto" if neither */
   const char *fallback_reason; /* why the requested one is not used, or NULL */
   uint64_t iterations;         /* completed iterations */
   uint64_t io_events;          /* I/O readiness events delivered */

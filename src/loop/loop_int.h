@@ -142,15 +142,16 @@ struct ax__slab {
 
 /* ---- timer wheel -------------------------------------------------------- */
 
-#define AX__WHEEL_BITS 6
+#define AX__WHEEL_BITS 8
 #define AX__WHEEL_SLOTS (1u << AX__WHEEL_BITS)
-#define AX__WHEEL_LEVELS 8 /* 8 x 6 = 48 bits of ms: ~8900 years */
+#define AX__WHEEL_WORDS (AX__WHEEL_SLOTS / 64u)
+#define AX__WHEEL_LEVELS 6 /* 6 x 8 = 48 bits of ms: ~8900 years */
 #define AX__WHEEL_MAX ((UINT64_C(1) << (AX__WHEEL_BITS * AX__WHEEL_LEVELS)) - 1)
 #define AX__POS_DUE 0xffffu /* pos of a timer waiting in the due list */
 
 struct ax__wheel {
   uint64_t time; /* every deadline <= time has been moved to due */
-  uint64_t bitmap[AX__WHEEL_LEVELS];
+  uint64_t bitmap[AX__WHEEL_LEVELS][AX__WHEEL_WORDS]; /* non-empty slots */
   struct ax__list slot[AX__WHEEL_LEVELS][AX__WHEEL_SLOTS];
   struct ax__list due; /* expired, waiting to fire, in deadline order */
   struct ax__list *firing; /* list being fired right now, or NULL */

@@ -6,8 +6,8 @@
  * workloads (timeouts that rarely fire); bench/timers_candidates measures the
  * wheel against a 4-ary heap on the same workload (see the README).
  *
- * Layout: 8 levels of 64 slots; level k slot s holds timers whose deadline D
- * differs from the wheel time T first in the 6-bit digit k, with digit k of D
+ * Layout: 6 levels of 256 slots; level k slot s holds timers whose deadline D
+ * differs from the wheel time T first in the 8-bit digit k, with digit k of D
  * equal to s. Invariant (checked by ax__wheel_verify): for every linked timer
  * level_of(D, T) is its level, i.e. D's digits above its level equal T's, so
  * D lies in a later level-k block than T but the same level-(k+1) block.
@@ -17,7 +17,13 @@
  *  - when T enters a level-k block, the timers of that slot move down
  *    (cascade) — each timer moves at most once per level, in deadline order
  *    for equal deadlines (FIFO), so timers due together fire in start order.
- * A 64-bit bitmap per level finds non-empty slots with one ctz.
+ * Why 8-bit digits, not 6: a cascade moves one slot's timers at once, and
+ * its cost delays the timers due at that moment. With 6-bit digits a level-2
+ * slot spans 4096 ms; 10 M timers spread over 10 s put ~4 M timers in one
+ * slot and a ~100 ms stall every 4 s (measured by bench/timers_10m). With 8
+ * bits a level-1 slot spans 256 ms, so the same load cascades ~256 k timers
+ * at a time, and a 10 s timer moves once instead of twice. The price is
+ * 24 KiB of slot heads per loop. A bitmap per level finds non-empty slots.
  */
 #include <assert.h>
 #include <string.h>
@@ -26,6 +32,23 @@
 
 #define POS_NONE 0xfffeu /* not linked: inactive or being fired */
 #define MASK (AX__WHEEL_SLOTS - 1u)
+
+static void bit_set(uint64_t *bm, unsigned slot) {
+  bm[slot / 64] |= UINT64_C(1) << (slot % 64);
+}
+static void bit_clear(uint64_t *bm, unsigned slot) {
+  bm[slot / 64] &= ~(UINT64_C(1) << (slot % 64));
+}
+static bool bit_test(const uint64_t *bm, unsigned slot) {
+  return (bm[slot / 64] >> (slot % 64)) & 1u;
+}
+/* Lowest set slot, or -1. */
+static int bit_first(const uint64_t *bm) {
+  for (unsigned i = 0; i < AX__WHEEL_WORDS; i++)
+    if (bm[i])
+      return (int)(i * 64 + (unsigned)__builtin_ctzll(bm[i]));
+  return -1;
+}
 
 static unsigned level_of(uint64_t deadline, uint64_t now) {
   uint64_t x = deadline ^ now; /* deadline > now, so x != 0 */
@@ -58,7 +81,7 @@ static void wheel_place(struct ax__wheel *w, struct ax__timer *t) {
   unsigned lvl = level_of(t->deadline, w->time);
   unsigned slot = (unsigned)(t->deadline >> (lvl * AX__WHEEL_BITS)) & MASK;
   ax__list_append(&w->slot[lvl][slot], &t->link);
-  w->bitmap[lvl] |= UINT64_C(1) << slot;
+  bit_set(w->bitmap[lvl], slot);
   t->h.pos = (uint16_t)(lvl << 8 | slot);
 }
 
@@ -76,19 +99,24 @@ void ax__timer_unlink(ax_loop_t *loop, struct ax__timer *t) {
   if (t->h.pos != AX__POS_DUE) {
     unsigned lvl = t->h.pos >> 8, slot = t->h.pos & 0xffu;
     if (ax__list_empty(&w->slot[lvl][slot]))
-      w->bitmap[lvl] &= ~(UINT64_C(1) << slot);
+      bit_clear(w->bitmap[lvl], slot);
   }
   t->h.pos = POS_NONE;
   w->count--;
 }
 
-/* Slots of one level entered when its digit goes from a to b (a < b). */
-static uint64_t entered_slots(uint64_t a, uint64_t b) {
-  if (b - a >= AX__WHEEL_SLOTS)
-    return ~UINT64_C(0);
-  unsigned first = (unsigned)(a + 1) & MASK, n = (unsigned)(b - a);
-  uint64_t run = (UINT64_C(1) << n) - 1; /* n < 64 here */
-  return run << first | (first ? run >> (64 - first) : 0);
+/* Empty the slots of @lvl entered when its digit goes from a to b (a < b)
+ * into @todo, in the order they are entered. */
+static void take_entered(struct ax__wheel *w, unsigned lvl, uint64_t a, uint64_t b,
+                         struct ax__list *todo) {
+  uint64_t n = b - a < AX__WHEEL_SLOTS ? b - a : AX__WHEEL_SLOTS;
+  for (uint64_t i = 1; i <= n; i++) {
+    unsigned slot = (unsigned)(a + i) & MASK;
+    if (bit_test(w->bitmap[lvl], slot)) {
+      ax__list_splice(todo, &w->slot[lvl][slot]);
+      bit_clear(w->bitmap[lvl], slot);
+    }
+  }
 }
 
 /* Stable merge sort of the due list by deadline; needed only after a jump
@@ -147,10 +175,7 @@ static void wheel_advance(struct ax__wheel *w, uint64_t now) {
     uint64_t a = w->time >> shift, b = now >> shift;
     if (a == b)
       break; /* higher digits did not change either */
-    uint64_t mask = entered_slots(a, b) & w->bitmap[lvl];
-    w->bitmap[lvl] &= ~mask;
-    for (; mask; mask &= mask - 1)
-      ax__list_splice(&todo, &w->slot[lvl][__builtin_ctzll(mask)]);
+    take_entered(w, lvl, a, b, &todo);
   }
   w->time = now;
   while (!ax__list_empty(&todo)) {
@@ -166,10 +191,11 @@ int64_t ax__timers_next(const ax_loop_t *loop) {
   if (!ax__list_empty(&w->due))
     return 0;
   for (unsigned lvl = 0; lvl < AX__WHEEL_LEVELS; lvl++) {
-    if (!w->bitmap[lvl])
+    int first = bit_first(w->bitmap[lvl]);
+    if (first < 0)
       continue;
     unsigned shift = lvl * AX__WHEEL_BITS;
-    uint64_t slot = (uint64_t)__builtin_ctzll(w->bitmap[lvl]);
+    uint64_t slot = (uint64_t)first;
     uint64_t block = (w->time >> (shift + AX__WHEEL_BITS)) << (shift + AX__WHEEL_BITS);
     uint64_t at = block | slot << shift; /* exact on level 0, else a lower bound */
     return at > loop->now ? (int64_t)(at - loop->now) : 0;
@@ -333,7 +359,7 @@ int ax__wheel_verify(const ax_loop_t *loop, char *why, size_t len) {
   for (unsigned lvl = 0; !rc && lvl < AX__WHEEL_LEVELS; lvl++) {
     for (unsigned s = 0; !rc && s < AX__WHEEL_SLOTS; s++) {
       const struct ax__list *head = &w->slot[lvl][s];
-      bool bit = (w->bitmap[lvl] >> s) & 1u;
+      bool bit = bit_test(w->bitmap[lvl], s);
       if (bit == ax__list_empty(head))
         return ax__corrupt(why, len, "level %u slot %u: bitmap bit %d, list %s",
                            lvl, s, bit, bit ? "empty" : "not empty");
