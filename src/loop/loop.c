@@ -170,6 +170,7 @@ int ax_loop_new(const ax_loop_options_t *opts, ax_loop_t **out) {
     return -ENOMEM;
   memset(loop, 0, sizeof *loop);
   loop->alloc = *a;
+  loop->libc_alloc = a == &libc_allocator;
   loop_init_fields(loop, o);
   rc = backend_start(loop, id);
   if (rc) {
