@@ -30,7 +30,7 @@ struct conn {
   struct conn *prev, *next; /* all connections, to free them at exit */
   ax_source_t *io;
   int fd;
-  unsigned interest; /* what io is started with; 0 once stopped */
+  unsigned interest; /* what io is started with */
   bool eof;          /* the peer half-closed: flush, then close */
   char *buf;         /* unsent bytes are buf[off, len) */
   size_t off, len, cap;
@@ -62,6 +62,7 @@ static bool conn_flush(struct conn *c) {
 }
 
 static bool conn_keep(struct conn *c, const char *p, size_t n) {
+  if (n == 0) return true;
   if (c->off > 0) { /* compact first: the buffer is reused, not grown */
     memmove(c->buf, c->buf + c->off, c->len - c->off);
     c->len -= c->off;

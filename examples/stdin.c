@@ -73,15 +73,19 @@ static void stdin_cb(ax_source_t *src, int fd, unsigned revents, void *data) {
   ax_source_free(src); /* nothing live is left: ax_loop_run() returns */
 }
 
-/* Create a loop on @backend watching fd 0; 0 or a negative code. */
-static int watch_stdin(ax_backend_t backend, struct reader *r, ax_loop_t **out) {
+/* Create a loop on @backend watching fd 0; 0 or a negative code, with the
+ * failing step in *@what. */
+static int watch_stdin(ax_backend_t backend, struct reader *r, ax_loop_t **out,
+                       const char **what) {
   ax_loop_options_t opts;
   ax_loop_options_init(&opts);
   opts.backend = backend;
   ax_loop_t *loop;
   ax_source_t *io;
+  *what = "ax_loop_new";
   int rc = ax_loop_new(&opts, &loop);
   if (rc < 0) return rc;
+  *what = "watching standard input";
   rc = ax_io_new(loop, STDIN_FILENO, stdin_cb, r, &io);
   if (rc == 0) rc = ax_io_start(io, AX_READABLE);
   if (rc < 0) {
@@ -95,15 +99,16 @@ static int watch_stdin(ax_backend_t backend, struct reader *r, ax_loop_t **out) 
 int main(void) {
   struct reader r = {0};
   ax_loop_t *loop = NULL;
-  int rc = watch_stdin(AX_BACKEND_AUTO, &r, &loop);
-  /* epoll (and io_uring's poll) cannot watch a regular file or /dev/null:
-   * they are always "ready". `stdin < file` is common, so fall back to the
-   * poll backend, which reports such files as readable at once. The kernel's
-   * EPERM for fds without poll support is accepted too. */
-  if (rc == AX_ENOTPOLLABLE || rc == -EPERM)
-    rc = watch_stdin(AX_BACKEND_POLL, &r, &loop);
+  const char *what;
+  int rc = watch_stdin(AX_BACKEND_AUTO, &r, &loop, &what);
+  /* epoll refuses regular files and fds like /dev/null, which are always
+   * "ready" (AX_ENOTPOLLABLE). `stdin < file` is common, so fall back to the
+   * poll backend, which reports them readable at once; a read never blocks
+   * on them. */
+  if (rc == AX_ENOTPOLLABLE)
+    rc = watch_stdin(AX_BACKEND_POLL, &r, &loop, &what);
   if (rc < 0) {
-    fprintf(stderr, "stdin: cannot watch standard input: %s\n", ax_strerror(rc));
+    fprintf(stderr, "stdin: %s: %s\n", what, ax_strerror(rc));
     return 1;
   }
   rc = ax_loop_run(loop, AX_RUN_DEFAULT);

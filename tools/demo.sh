@@ -49,7 +49,7 @@ exec 3<>"/dev/tcp/127.0.0.1/$port"
 for msg in "hello, axon" "echo, echo"; do
   printf '%s\n' "$msg" >&3
   IFS= read -r -t 5 reply <&3
-  printf 'sent %-14q got back %q\n' "$msg" "$reply"
+  printf 'sent "%s", got back "%s"\n' "$msg" "$reply"
 done
 exec 3>&-
 kill -TERM "$echo_pid"
@@ -73,5 +73,6 @@ status=0
 wait "$fs_pid" || status=$?
 pids=()
 sed "s|$tmp/|\$TMP/|" "$tmp/fs.out"
+echo "SIGTERM: fswatch exited with status $status"
 
 section "done"

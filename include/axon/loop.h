@@ -291,7 +291,9 @@ AX_API int ax_io_new(ax_loop_t *loop, int fd, ax_io_cb cb, void *data,
  *          AX_IO_ONESHOT. Errors and hang-ups are always reported.
  * Returns 0; -EINVAL (no interest bit, unknown bit, both EDGE and ONESHOT);
  * -ENOTSUP (AX_IO_EDGE on poll or select); AX_ENOTPOLLABLE (epoll refuses the
- * fd: a regular file or a directory); -EBADF (fd closed); -ENOMEM.
+ * fd: regular files, directories and devices without poll support such as
+ * /dev/null — they are always ready; use poll or select, or file I/O);
+ * -EBADF (fd closed); -ENOMEM.
  */
 AX_API int ax_io_start(ax_source_t *src, unsigned events);
 
