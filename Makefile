@@ -1,7 +1,7 @@
 # axon — one plain Makefile.
 #
 #   make                 library (static + shared), examples, tools
-#   make test            plain suite + ASan/UBSan suite, one aggregate line
+#   make test            plain, ASan/UBSan and TSan suites, one aggregate line
 #   make test SAN=thread only the ThreadSanitizer suite (SAN=address likewise)
 #   make bench [BENCH=name]
 #   make demo            short showcase of the examples
@@ -109,16 +109,18 @@ $(BUILD)/tests/%: tests/%.c tests/testutil.h $(STATIC) $(FLAGS_STAMP)
 
 test-build: lib examples tools $(TESTS)
 
+# Without SAN: the plain, ASan+UBSan and ThreadSanitizer suites, one
+# aggregate line at the end.
 ifeq ($(SAN),)
 test: $(DEPS_OK)
 	@bash tools/deps.sh test
 	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory test-build SAN=address
-	@bash tools/run-tests.sh build build/address
+	@$(MAKE) --no-print-directory test-build SAN=thread
+	@bash tools/run-tests.sh build build/address build/thread
 else
 test: $(DEPS_OK)
 	@bash tools/deps.sh test
-	@$(MAKE) --no-print-directory test-build
 	@$(MAKE) --no-print-directory test-build SAN=$(SAN)
 	@bash tools/run-tests.sh $(BUILD)
 endif

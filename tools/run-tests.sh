@@ -14,6 +14,7 @@ failures=()
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:strict_string_checks=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
 supp=$PWD/tests/tsan.supp
+[[ -f $supp ]] || supp=""
 export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1${supp:+:suppressions=$supp}}
 
 for dir in "$@"; do
