@@ -253,7 +253,7 @@ struct ax_loop {
 /* ---- shared internal functions ----------------------------------------- */
 
 void *ax__alloc(ax_loop_t *loop, size_t size);
-void *ax__realloc(ax_loop_t *loop, void *p, size_t size);
+void *ax__realloc(ax_loop_t *loop, void *p, size_t size); /* p NULL: allocates */
 void ax__free(ax_loop_t *loop, void *p);
 
 /* Sources: allocate/reclaim slab objects, state transitions. */

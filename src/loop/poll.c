@@ -41,12 +41,6 @@ struct pollbe {
   int icap;
 };
 
-/* ax__realloc's hook may not accept NULL, so the first allocation is
- * ax__alloc. */
-static void *grow(ax_loop_t *loop, void *p, size_t size) {
-  return p ? ax__realloc(loop, p, size) : ax__alloc(loop, size);
-}
-
 static short to_poll(uint32_t want) {
   short ev = 0;
   if (want & AX_READABLE)
@@ -100,7 +94,7 @@ static int index_reserve(ax_loop_t *loop, struct pollbe *pb, int fd) {
   ncap = pb->icap ? pb->icap : 64;
   while (ncap <= fd)
     ncap *= 2;
-  p = grow(loop, pb->index, (size_t)ncap * sizeof(*p));
+  p = ax__realloc(loop, pb->index, (size_t)ncap * sizeof(*p));
   if (p == NULL)
     return -ENOMEM;
   for (int i = pb->icap; i < ncap; i++)
@@ -119,11 +113,11 @@ static int entries_reserve(ax_loop_t *loop, struct pollbe *pb) {
   if (pb->n < pb->cap)
     return 0;
   ncap = pb->cap ? pb->cap * 2 : 16;
-  p = grow(loop, pb->pfd, (size_t)ncap * sizeof(*p));
+  p = ax__realloc(loop, pb->pfd, (size_t)ncap * sizeof(*p));
   if (p == NULL)
     return -ENOMEM;
   pb->pfd = p;
-  e = grow(loop, pb->ent, (size_t)ncap * sizeof(*e));
+  e = ax__realloc(loop, pb->ent, (size_t)ncap * sizeof(*e));
   if (e == NULL)
     return -ENOMEM;
   pb->ent = e;

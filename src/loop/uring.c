@@ -277,12 +277,6 @@ static void disarm(struct uring *u, struct slot *s, int fd) {
 
 /* ---- ctl ---------------------------------------------------------------- */
 
-/* ax__realloc's hook may not accept NULL, so the first allocation is
- * ax__alloc. */
-static void *grow(ax_loop_t *loop, void *p, size_t size) {
-  return p ? ax__realloc(loop, p, size) : ax__alloc(loop, size);
-}
-
 static int slots_reserve(ax_loop_t *loop, struct uring *u, int fd) {
   int ncap;
   struct slot *p;
@@ -291,7 +285,7 @@ static int slots_reserve(ax_loop_t *loop, struct uring *u, int fd) {
   ncap = u->cap ? u->cap : 64;
   while (ncap <= fd)
     ncap *= 2;
-  if ((p = grow(loop, u->slot, (size_t)ncap * sizeof(*p))) == NULL)
+  if ((p = ax__realloc(loop, u->slot, (size_t)ncap * sizeof(*p))) == NULL)
     return -ENOMEM;
   memset(p + u->cap, 0, (size_t)(ncap - u->cap) * sizeof(*p));
   u->slot = p;
@@ -306,7 +300,7 @@ static int pend_reserve(ax_loop_t *loop, struct uring *u, int n) {
     return 0;
   while (ncap < n)
     ncap *= 2;
-  if ((p = grow(loop, u->pend, (size_t)ncap * sizeof(*p))) == NULL)
+  if ((p = ax__realloc(loop, u->pend, (size_t)ncap * sizeof(*p))) == NULL)
     return -ENOMEM;
   u->pend = p;
   u->pendcap = ncap;
