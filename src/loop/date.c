@@ -84,7 +84,7 @@ void ax__date_link(ax_loop_t *loop, struct ax__timer *t) {
 
 void ax__date_unlink(ax_loop_t *loop, struct ax__timer *t) {
   (void)loop;
-  t->h.flags &= (uint8_t)~AX__F_PENDING;
+  t->h.flags &= (uint8_t)~AX__F_FIRED;
   ax__list_unlink(&t->link);
   t->h.pos = 0;
 }

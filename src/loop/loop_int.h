@@ -59,7 +59,7 @@ enum {
   AX__F_ACTIVE = 0x01,  /* started and not stopped */
   AX__F_REF = 0x02,     /* counts towards ax_loop_alive() while active */
   AX__F_CLOSING = 0x04, /* freed by the user; memory reclaimed later */
-  AX__F_PENDING = 0x08  /* wake: a send arrived while inactive */
+  AX__F_FIRED = 0x08    /* timer/date: fired, callback has not touched it */
 };
 
 /*

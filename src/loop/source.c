@@ -220,7 +220,7 @@ static void source_stop(ax_source_t *src) {
   default:
     assert(0 && "source of unknown kind");
   }
-  src->flags &= (uint8_t)~AX__F_PENDING;
+  src->flags &= (uint8_t)~AX__F_FIRED;
   ax__source_deactivate(src);
 }
 

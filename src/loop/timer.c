@@ -101,7 +101,7 @@ void ax__timer_link(ax_loop_t *loop, struct ax__timer *t) {
 
 void ax__timer_unlink(ax_loop_t *loop, struct ax__timer *t) {
   struct ax__wheel *w = &loop->wheel;
-  t->h.flags &= (uint8_t)~AX__F_PENDING; /* "callback touched it" */
+  t->h.flags &= (uint8_t)~AX__F_FIRED; /* "callback touched it" */
   if (t->h.pos == POS_NONE)
     return;
   ax__list_unlink(&t->link);
@@ -223,17 +223,17 @@ static void timer_rearm(ax_loop_t *loop, struct ax__timer *t, uint64_t deadline)
 }
 
 /*
- * The PENDING flag marks "fired, untouched": ax_timer_start, ax_date_start,
+ * The FIRED flag marks "fired, untouched": ax_timer_start, ax_date_start,
  * stop and free clear it, so after the callback we know whether to apply its
  * return value or leave the source as the callback set it.
  */
 void ax__timer_fire(ax_loop_t *loop, struct ax__timer *t) {
-  t->h.flags |= AX__F_PENDING;
+  t->h.flags |= AX__F_FIRED;
   loop->stats.timers_fired++;
   int64_t again = ((ax_timer_cb)t->h.cb)(&t->h, t->h.data);
-  if (!(t->h.flags & AX__F_PENDING))
+  if (!(t->h.flags & AX__F_FIRED))
     return;
-  t->h.flags &= (uint8_t)~AX__F_PENDING;
+  t->h.flags &= (uint8_t)~AX__F_FIRED;
   bool date = t->h.kind == AX_SOURCE_DATE;
   uint64_t base = date ? (uint64_t)ax_realtime_ms(loop) : loop->now;
   if (again >= 0) {
