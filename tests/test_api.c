@@ -20,33 +20,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static int64_t dog_cb(ax_source_t *src, void *data) {
-  *(bool *)data = true;
-  ax_loop_stop(ax_source_loop(src));
-  return AX_TIMER_CONTINUE;
-}
-
-static ax_source_t *dog_new(ax_loop_t *loop, uint64_t ms, bool *fired) {
-  ax_source_t *t = NULL;
-  *fired = false;
-  assert_int_equal(ax_timer_new(loop, dog_cb, fired, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  ax_source_unref(t);
-  return t;
-}
-
-static ax_loop_t *loop_on(ax_backend_t be) {
-  ax_loop_options_t o;
-  ax_loop_options_init(&o);
-  o.backend = be;
-  ax_loop_t *loop = NULL;
-  int rc = ax_loop_new(&o, &loop);
-  if (rc != 0)
-    fail_msg("ax_loop_new: %s", ax_strerror(rc));
-  return loop;
-}
-
 static int count_fds(void) {
   DIR *d = opendir("/proc/self/fd");
   assert_non_null(d);
@@ -57,12 +30,6 @@ static int count_fds(void) {
       n++;
   closedir(d);
   return n;
-}
-
-static bool is_blocked(int signo) {
-  sigset_t cur;
-  sigprocmask(SIG_BLOCK, NULL, &cur);
-  return sigismember(&cur, signo) == 1;
 }
 
 /* Callbacks that only count: none may run after an error. */
@@ -220,7 +187,7 @@ static void test_null_source_functions(void **state) {
   assert_null(ax_source_loop(NULL));
   (void)ax_source_kind(NULL);
 
-  ax_loop_t *loop = loop_on(AX_BACKEND_AUTO);
+  ax_loop_t *loop = ax_test_loop_on(AX_BACKEND_AUTO);
   int sv[2];
   assert_int_equal(
       socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv),
@@ -311,8 +278,7 @@ static void test_null_source_functions(void **state) {
   ax_source_free(d);
   ax_source_free(f);
   ax_source_free(t);
-  close(sv[0]);
-  close(sv[1]);
+  close2(sv);
   AX_FREE_LOOP(loop);
 }
 
@@ -330,7 +296,7 @@ static void test_env_backend(void **state) {
     assert_int_equal(ax_loop_new(NULL, &loop), 0);
     assert_string_equal(ax_loop_backend(loop), cases[i].name);
     AX_FREE_LOOP(loop);
-    loop = loop_on(AX_BACKEND_AUTO);
+    loop = ax_test_loop_on(AX_BACKEND_AUTO);
     assert_string_equal(ax_loop_backend(loop), cases[i].name);
     assert_int_equal(ax_loop_info(loop, &info), 0);
     assert_string_equal(info.backend, cases[i].name);
@@ -338,7 +304,7 @@ static void test_env_backend(void **state) {
   }
   /* io_uring: used, or epoll with a reason. */
   assert_int_equal(setenv("AXON_BACKEND", "io_uring", 1), 0);
-  ax_loop_t *loop = loop_on(AX_BACKEND_AUTO);
+  ax_loop_t *loop = ax_test_loop_on(AX_BACKEND_AUTO);
   assert_int_equal(ax_loop_info(loop, &info), 0);
   if (strcmp(info.backend, "io_uring") != 0) {
     assert_string_equal(info.backend, "epoll");
@@ -350,7 +316,7 @@ static void test_env_backend(void **state) {
 
   /* An explicit backend wins over the variable. */
   assert_int_equal(setenv("AXON_BACKEND", "select", 1), 0);
-  loop = loop_on(AX_BACKEND_POLL);
+  loop = ax_test_loop_on(AX_BACKEND_POLL);
   assert_string_equal(ax_loop_backend(loop), "poll");
   assert_int_equal(ax_loop_info(loop, &info), 0);
   assert_string_equal(info.requested, "poll");
@@ -370,7 +336,7 @@ static void test_env_backend(void **state) {
   /* Unset: AUTO means epoll (the header: "$AXON_BACKEND if set, else
    * epoll"), and "auto" is what was requested. */
   assert_int_equal(unsetenv("AXON_BACKEND"), 0);
-  loop = loop_on(AX_BACKEND_AUTO);
+  loop = ax_test_loop_on(AX_BACKEND_AUTO);
   assert_int_equal(ax_loop_info(loop, &info), 0);
   assert_string_equal(info.backend, "epoll");
   assert_string_equal(info.requested, "auto");
@@ -422,7 +388,7 @@ static void make_every_kind(ax_loop_t *loop, every_t *e) {
 
 static void test_dump(void **state) {
   (void)state;
-  ax_loop_t *loop = loop_on(AX_BACKEND_AUTO);
+  ax_loop_t *loop = ax_test_loop_on(AX_BACKEND_AUTO);
   every_t e;
   make_every_kind(loop, &e);
   char *buf = NULL;
@@ -652,9 +618,9 @@ static int64_t busy_cb(ax_source_t *src, void *data) {
 
 static void test_ebusy_in_callback(void **state) {
   (void)state;
-  ax_loop_t *loop = loop_on(AX_BACKEND_AUTO);
+  ax_loop_t *loop = ax_test_loop_on(AX_BACKEND_AUTO);
   busy_t b = {.rc_free = 1, .rc_free_other = 1};
-  b.other = loop_on(AX_BACKEND_POLL);
+  b.other = ax_test_loop_on(AX_BACKEND_POLL);
   ax_source_t *t = NULL;
   assert_int_equal(ax_timer_new(loop, busy_cb, &b, &t), 0);
   assert_int_equal(ax_timer_start(t, 0, 0), 0);

@@ -42,11 +42,8 @@ static const char *backend_name(void) {
   }
 }
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+/* mono_ms() as a signed value, for deadline arithmetic. */
+static int64_t now_ms(void) { return (int64_t)mono_ms(); }
 
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -318,13 +315,6 @@ static void clients_free(void) {
   g_clients = NULL;
   g_pollfds = NULL;
   g_nclients = 0;
-}
-
-static uint64_t xorshift(uint64_t *s) {
-  *s ^= *s << 13;
-  *s ^= *s >> 7;
-  *s ^= *s << 17;
-  return *s;
 }
 
 /* A non-blocking connect to 127.0.0.1:@port. */

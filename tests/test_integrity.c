@@ -34,13 +34,7 @@
 
 static uint64_t rnd_state;
 
-static uint64_t rnd(void) {
-  uint64_t x = rnd_state;
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  return rnd_state = x;
-}
+static uint64_t rnd(void) { return xorshift(&rnd_state); }
 
 static uint64_t seed_for(const char *what) {
   static uint64_t base;
@@ -55,21 +49,6 @@ static uint64_t seed_for(const char *what) {
   printf("  %s: seed %llu (AX_SEED=%llu to replay)\n", what,
          (unsigned long long)base, (unsigned long long)base);
   return base;
-}
-
-static void drain_signals(void) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGUSR1);
-  sigaddset(&set, SIGUSR2);
-  struct timespec zero = {0, 0};
-  while (sigtimedwait(&set, NULL, &zero) > 0) {
-  }
-}
-
-static bool edge_backend(void) {
-  return ax_test_backend == AX_BACKEND_EPOLL ||
-         ax_test_backend == AX_BACKEND_URING;
 }
 
 /* ======================================================================== */
@@ -215,12 +194,6 @@ static void i_fs_cb(ax_source_t *src, unsigned events, const char *name,
 static void i_wake_cb(ax_source_t *src, void *data) {
   slot_t *s = cb_enter(data, src, "wake");
   cb_chaos(s->ctx);
-}
-
-static void sp_new(int sv[2]) {
-  assert_int_equal(
-      socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv),
-      0);
 }
 
 static int new_of_kind(ax_loop_t *loop, int k, void *data, int sv[2],
@@ -532,18 +505,6 @@ static int by_deadline(const void *a, const void *b) {
   return x->seq < y->seq ? -1 : x->seq > y->seq;
 }
 
-static int64_t dog_cb(ax_source_t *src, void *data) {
-  *(bool *)data = true;
-  ax_loop_stop(ax_source_loop(src));
-  return AX_TIMER_CONTINUE;
-}
-
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void test_timer_order_vs_shadow(void **state) {
   (void)state;
   static ax_source_t *src[NTO];
@@ -608,10 +569,7 @@ static void test_timer_order_vs_shadow(void **state) {
   assert_int_equal(ax_loop_info(loop, &info), 0);
   assert_int_equal(info.active, (size_t)n);
   bool fired = false;
-  ax_source_t *dog = NULL;
-  assert_int_equal(ax_timer_new(loop, dog_cb, &fired, &dog), 0);
-  assert_int_equal(ax_timer_start(dog, 5000, 0), 0);
-  ax_source_unref(dog);
+  ax_source_t *dog = dog_new(loop, 5000, &fired);
   assert_int_equal(ax_loop_run(loop, AX_RUN_DEFAULT), 0);
   assert_false(fired);
   assert_int_equal(tlog_n, n);
@@ -898,11 +856,7 @@ static void test_alloc_failures(void **state) {
 }
 
 int main(void) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGUSR1);
-  sigaddset(&set, SIGUSR2);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  block_usr_signals();
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_random_ops),
       cmocka_unit_test(test_timer_order_vs_shadow),

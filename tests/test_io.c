@@ -20,80 +20,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define UNUSED __attribute__((unused))
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static int64_t dog_cb(ax_source_t *src, void *data) {
-  *(bool *)data = true;
-  ax_loop_stop(ax_source_loop(src));
-  return AX_TIMER_CONTINUE;
-}
-
-static int64_t flag_cb(ax_source_t *src, void *data) {
-  (void)src;
-  *(bool *)data = true;
-  return AX_TIMER_CONTINUE;
-}
-
-/* An unreferenced one-shot timer that sets *fired and stops the loop. */
-static ax_source_t *dog_new(ax_loop_t *loop, uint64_t ms, bool *fired) {
-  ax_source_t *t = NULL;
-  *fired = false;
-  assert_int_equal(ax_timer_new(loop, dog_cb, fired, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  ax_source_unref(t);
-  return t;
-}
-
-/* Run AX_RUN_ONCE iterations until @cond holds or @ms pass; yields @cond. */
-#define RUN_UNTIL(loop, cond, ms)                                              \
-  ({                                                                           \
-    bool fired_ = false;                                                       \
-    ax_source_t *dog_ = dog_new((loop), (ms), &fired_);                        \
-    for (long i_ = 0; i_ < 10000000L && !(cond) && !fired_; i_++)              \
-      assert_int_equal(ax_loop_run((loop), AX_RUN_ONCE), 0);                   \
-    ax_source_free(dog_);                                                      \
-    (bool)(cond);                                                              \
-  })
-
-/* Run iterations for about @ms; a referenced timer bounds every wait. */
-static void run_for(ax_loop_t *loop, uint64_t ms) {
-  bool done = false;
-  ax_source_t *t = NULL;
-  assert_int_equal(ax_timer_new(loop, flag_cb, &done, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  for (long i = 0; i < 10000000L && !done; i++)
-    assert_int_equal(ax_loop_run(loop, AX_RUN_ONCE), 0);
-  assert_true(done);
-  ax_source_free(t);
-}
-
-static void sp_new(int sv[2]) {
-  assert_int_equal(
-      socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv),
-      0);
-}
-
 static void pipe_new(int p[2]) {
   assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
-}
-
-static void close2(int fds[2]) {
-  if (fds[0] >= 0)
-    close(fds[0]);
-  if (fds[1] >= 0)
-    close(fds[1]);
-  fds[0] = fds[1] = -1;
-}
-
-static void put(int fd, size_t n) {
-  char buf[512];
-  assert_true(n <= sizeof buf);
-  memset(buf, 'x', n);
-  assert_int_equal(write(fd, buf, n), (ssize_t)n);
 }
 
 /* What an io callback saw. */
@@ -134,11 +65,6 @@ static void io_cb(ax_source_t *src, int fd, unsigned revents, void *data) {
   }
   if (r->stop_loop)
     ax_loop_stop(ax_source_loop(src));
-}
-
-static bool edge_backend(void) {
-  return ax_test_backend == AX_BACKEND_EPOLL ||
-         ax_test_backend == AX_BACKEND_URING;
 }
 
 static ax_source_t *io_new_started(ax_loop_t *loop, int fd, io_rec_t *r,

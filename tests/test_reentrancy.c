@@ -22,126 +22,10 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static int64_t dog_cb(ax_source_t *src, void *data) {
-  *(bool *)data = true;
-  ax_loop_stop(ax_source_loop(src));
-  return AX_TIMER_CONTINUE;
-}
-
-static int64_t flag_cb(ax_source_t *src, void *data) {
-  (void)src;
-  *(bool *)data = true;
-  return AX_TIMER_CONTINUE;
-}
-
-static ax_source_t *dog_new(ax_loop_t *loop, uint64_t ms, bool *fired) {
-  ax_source_t *t = NULL;
-  *fired = false;
-  assert_int_equal(ax_timer_new(loop, dog_cb, fired, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  ax_source_unref(t);
-  return t;
-}
-
-#define RUN_UNTIL(loop, cond, ms)                                              \
-  ({                                                                           \
-    bool fired_ = false;                                                       \
-    ax_source_t *dog_ = dog_new((loop), (ms), &fired_);                        \
-    for (long i_ = 0; i_ < 10000000L && !(cond) && !fired_; i_++)              \
-      assert_int_equal(ax_loop_run((loop), AX_RUN_ONCE), 0);                   \
-    ax_source_free(dog_);                                                      \
-    (bool)(cond);                                                              \
-  })
-
-static void run_for(ax_loop_t *loop, uint64_t ms) {
-  bool done = false;
-  ax_source_t *t = NULL;
-  assert_int_equal(ax_timer_new(loop, flag_cb, &done, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  for (long i = 0; i < 10000000L && !done; i++)
-    assert_int_equal(ax_loop_run(loop, AX_RUN_ONCE), 0);
-  assert_true(done);
-  ax_source_free(t);
-}
-
-static void sp_new(int sv[2]) {
-  assert_int_equal(
-      socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv),
-      0);
-}
-
-static void close2(int fds[2]) {
-  if (fds[0] >= 0)
-    close(fds[0]);
-  if (fds[1] >= 0)
-    close(fds[1]);
-  fds[0] = fds[1] = -1;
-}
-
-static void put(int fd, size_t n) {
-  char buf[64];
-  assert_true(n <= sizeof buf);
-  memset(buf, 'x', n);
-  assert_int_equal(write(fd, buf, n), (ssize_t)n);
-}
-
-static uint64_t iterations(ax_loop_t *loop) {
-  ax_loop_info_t info;
-  assert_int_equal(ax_loop_info(loop, &info), 0);
-  return info.iterations;
-}
-
 static size_t nsources(ax_loop_t *loop) {
   ax_loop_info_t info;
   assert_int_equal(ax_loop_info(loop, &info), 0);
   return info.sources;
-}
-
-/* Guard thread: for the few places where no ax timer can bound a run. */
-static struct {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  bool on;
-  const char *what;
-  int secs;
-  pthread_t thr;
-} guard = {
-    PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, NULL, 0, 0};
-
-static void *guard_main(void *arg) {
-  (void)arg;
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += guard.secs;
-  pthread_mutex_lock(&guard.mu);
-  while (guard.on) {
-    if (pthread_cond_timedwait(&guard.cv, &guard.mu, &until) == ETIMEDOUT &&
-        guard.on) {
-      fprintf(stderr, "ERROR: hang: %s did not return within %d s\n",
-              guard.what, guard.secs);
-      fflush(stderr);
-      _exit(3);
-    }
-  }
-  pthread_mutex_unlock(&guard.mu);
-  return NULL;
-}
-
-static void guard_start(const char *what, int secs) {
-  guard.on = true;
-  guard.what = what;
-  guard.secs = secs;
-  assert_int_equal(pthread_create(&guard.thr, NULL, guard_main, NULL), 0);
-}
-
-static void guard_stop(void) {
-  pthread_mutex_lock(&guard.mu);
-  guard.on = false;
-  pthread_cond_signal(&guard.cv);
-  pthread_mutex_unlock(&guard.mu);
-  pthread_join(guard.thr, NULL);
 }
 
 /* ---- close self --------------------------------------------------------- */
@@ -152,10 +36,8 @@ typedef struct self_rec {
   int64_t ret;       /* timer callbacks: value returned after the free */
 } self_rec_t;
 
-static void self_io_cb(ax_source_t *src, int fd, unsigned revents, void *data) {
-  (void)fd;
-  (void)revents;
-  self_rec_t *r = data;
+/* Count the call, then free @src, or stop it and check it went inactive. */
+static void self_close(ax_source_t *src, self_rec_t *r) {
   r->calls++;
   if (r->stop_instead) {
     assert_int_equal(ax_source_stop(src), 0);
@@ -165,33 +47,20 @@ static void self_io_cb(ax_source_t *src, int fd, unsigned revents, void *data) {
   }
 }
 
+static void self_io_cb(ax_source_t *src, int fd, unsigned revents, void *data) {
+  (void)fd;
+  (void)revents;
+  self_close(src, data);
+}
+
 static int64_t self_timer_cb(ax_source_t *src, void *data) {
   self_rec_t *r = data;
-  r->calls++;
-  if (r->stop_instead)
-    assert_int_equal(ax_source_stop(src), 0);
-  else
-    ax_source_free(src);
+  self_close(src, r);
   return r->ret; /* ignored: the callback stopped or freed the source */
 }
 
-static void self_defer_cb(ax_source_t *src, void *data) {
-  self_rec_t *r = data;
-  r->calls++;
-  if (r->stop_instead)
-    assert_int_equal(ax_source_stop(src), 0);
-  else
-    ax_source_free(src);
-}
-
-static void self_wake_cb(ax_source_t *src, void *data) {
-  self_rec_t *r = data;
-  r->calls++;
-  if (r->stop_instead)
-    assert_int_equal(ax_source_stop(src), 0);
-  else
-    ax_source_free(src);
-}
+/* For defers and wake sources (same callback type). */
+static void self_cb(ax_source_t *src, void *data) { self_close(src, data); }
 
 /* An io callback frees (or stops) its own source: no further call although
  * the fd stays readable; the loop then has nothing live and returns. */
@@ -239,9 +108,9 @@ static void test_close_self_other_kinds(void **state) {
     assert_int_equal(ax_timer_start(t, 1, 0), 0);
     assert_int_equal(ax_timer_new(loop, self_timer_cb, &ri, &ti), 0);
     assert_int_equal(ax_timer_start(ti, 2, 2), 0); /* interval */
-    assert_int_equal(ax_defer_new(loop, self_defer_cb, &rd, &d), 0);
+    assert_int_equal(ax_defer_new(loop, self_cb, &rd, &d), 0);
     assert_int_equal(ax_defer_start(d), 0);
-    assert_int_equal(ax_wake_new(loop, self_wake_cb, &rw, &w), 0);
+    assert_int_equal(ax_wake_new(loop, self_cb, &rw, &w), 0);
     assert_int_equal(ax_wake_start(w), 0);
     assert_int_equal(ax_wake_send(w), 0);
     bool fired = false;

@@ -134,8 +134,7 @@ static void test_eintr_storm(void **state) {
   assert_true(alarms > 0);
   AX_ASSERT_VERIFIED(loop);
   AX_FREE_LOOP(loop);
-  close(p[0]);
-  close(p[1]);
+  close2(p);
 }
 
 int main(void) {

@@ -32,60 +32,10 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static int64_t dog_cb(ax_source_t *src, void *data) {
-  *(bool *)data = true;
-  ax_loop_stop(ax_source_loop(src));
-  return AX_TIMER_CONTINUE;
-}
-
-static int64_t flag_cb(ax_source_t *src, void *data) {
-  (void)src;
-  *(bool *)data = true;
-  return AX_TIMER_CONTINUE;
-}
-
-static ax_source_t *dog_new(ax_loop_t *loop, uint64_t ms, bool *fired) {
-  ax_source_t *t = NULL;
-  *fired = false;
-  assert_int_equal(ax_timer_new(loop, dog_cb, fired, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  ax_source_unref(t);
-  return t;
-}
-
-#define RUN_UNTIL(loop, cond, ms)                                              \
-  ({                                                                           \
-    bool fired_ = false;                                                       \
-    ax_source_t *dog_ = dog_new((loop), (ms), &fired_);                        \
-    for (long i_ = 0; i_ < 10000000L && !(cond) && !fired_; i_++)              \
-      assert_int_equal(ax_loop_run((loop), AX_RUN_ONCE), 0);                   \
-    ax_source_free(dog_);                                                      \
-    (bool)(cond);                                                              \
-  })
-
-static void run_for(ax_loop_t *loop, uint64_t ms) {
-  bool done = false;
-  ax_source_t *t = NULL;
-  assert_int_equal(ax_timer_new(loop, flag_cb, &done, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  for (long i = 0; i < 10000000L && !done; i++)
-    assert_int_equal(ax_loop_run(loop, AX_RUN_ONCE), 0);
-  assert_true(done);
-  ax_source_free(t);
-}
-
 static int64_t real_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
 /* ---- date timers -------------------------------------------------------- */
@@ -339,22 +289,6 @@ static void test_date_order(void **state) {
 }
 
 /* ---- signals ------------------------------------------------------------ */
-
-static void drain_signals(void) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGUSR1);
-  sigaddset(&set, SIGUSR2);
-  struct timespec zero = {0, 0};
-  while (sigtimedwait(&set, NULL, &zero) > 0) {
-  }
-}
-
-static bool is_blocked(int signo) {
-  sigset_t cur;
-  pthread_sigmask(SIG_BLOCK, NULL, &cur);
-  return sigismember(&cur, signo) == 1;
-}
 
 typedef struct srec {
   ax_source_t *src;
@@ -1032,11 +966,7 @@ static void test_wake_unref(void **state) {
 
 int main(void) {
   /* Before any thread: the signals stay blocked in every thread. */
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGUSR1);
-  sigaddset(&set, SIGUSR2);
-  pthread_sigmask(SIG_BLOCK, &set, NULL);
+  block_usr_signals();
 
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_date_real_clock),

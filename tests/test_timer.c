@@ -21,104 +21,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static int64_t dog_cb(ax_source_t *src, void *data) {
-  *(bool *)data = true;
-  ax_loop_stop(ax_source_loop(src));
-  return AX_TIMER_CONTINUE;
-}
-
-static int64_t flag_cb(ax_source_t *src, void *data) {
-  (void)src;
-  *(bool *)data = true;
-  return AX_TIMER_CONTINUE;
-}
-
-static ax_source_t *dog_new(ax_loop_t *loop, uint64_t ms, bool *fired) {
-  ax_source_t *t = NULL;
-  *fired = false;
-  assert_int_equal(ax_timer_new(loop, dog_cb, fired, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  ax_source_unref(t);
-  return t;
-}
-
-#define RUN_UNTIL(loop, cond, ms)                                              \
-  ({                                                                           \
-    bool fired_ = false;                                                       \
-    ax_source_t *dog_ = dog_new((loop), (ms), &fired_);                        \
-    for (long i_ = 0; i_ < 10000000L && !(cond) && !fired_; i_++)              \
-      assert_int_equal(ax_loop_run((loop), AX_RUN_ONCE), 0);                   \
-    ax_source_free(dog_);                                                      \
-    (bool)(cond);                                                              \
-  })
-
-static void run_for(ax_loop_t *loop, uint64_t ms) {
-  bool done = false;
-  ax_source_t *t = NULL;
-  assert_int_equal(ax_timer_new(loop, flag_cb, &done, &t), 0);
-  ax_loop_update_time(loop);
-  assert_int_equal(ax_timer_start(t, ms, 0), 0);
-  for (long i = 0; i < 10000000L && !done; i++)
-    assert_int_equal(ax_loop_run(loop, AX_RUN_ONCE), 0);
-  assert_true(done);
-  ax_source_free(t);
-}
-
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
-static uint64_t iterations(const ax_loop_t *loop) {
-  ax_loop_info_t info;
-  assert_int_equal(ax_loop_info(loop, &info), 0);
-  return info.iterations;
-}
-
-/* Guard thread for runs no ax timer can bound (an empty loop). */
-static struct {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  bool on;
-  const char *what;
-  pthread_t thr;
-} guard = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, NULL, 0};
-
-static void *guard_main(void *arg) {
-  (void)arg;
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += 10;
-  pthread_mutex_lock(&guard.mu);
-  while (guard.on) {
-    if (pthread_cond_timedwait(&guard.cv, &guard.mu, &until) == ETIMEDOUT &&
-        guard.on) {
-      fprintf(stderr, "ERROR: hang: %s did not return within 10 s\n",
-              guard.what);
-      fflush(stderr);
-      _exit(3);
-    }
-  }
-  pthread_mutex_unlock(&guard.mu);
-  return NULL;
-}
-
-static void guard_start(const char *what) {
-  guard.on = true;
-  guard.what = what;
-  assert_int_equal(pthread_create(&guard.thr, NULL, guard_main, NULL), 0);
-}
-
-static void guard_stop(void) {
-  pthread_mutex_lock(&guard.mu);
-  guard.on = false;
-  pthread_cond_signal(&guard.cv);
-  pthread_mutex_unlock(&guard.mu);
-  pthread_join(guard.thr, NULL);
-}
-
 /* A timer that records when (loop time) and in which iteration it fired,
  * and returns rets[i] on its i-th call (AX_TIMER_CONTINUE past the list). */
 #define MAXFIRE 16
@@ -519,14 +421,6 @@ static int64_t many_cb(ax_source_t *src, void *data) {
   return AX_TIMER_CONTINUE;
 }
 
-static uint64_t xorshift(uint64_t *s) {
-  uint64_t x = *s;
-  x ^= x << 13;
-  x ^= x >> 7;
-  x ^= x << 17;
-  return *s = x;
-}
-
 static void test_many_random(void **state) {
   (void)state;
   static many_t m;
@@ -762,8 +656,7 @@ static void test_defer_no_block(void **state) {
   ax_source_free(dog);
   ax_source_free(s);
   ax_source_free(io);
-  close(sv[0]);
-  close(sv[1]);
+  close2(sv);
   AX_FREE_LOOP(loop);
 }
 
@@ -873,7 +766,7 @@ static void test_alive_and_unref(void **state) {
   (void)state;
   ax_loop_t *loop = ax_test_loop();
   assert_false(ax_loop_alive(loop));
-  guard_start("ax_loop_run(DEFAULT) on an empty loop");
+  guard_start("ax_loop_run(DEFAULT) on an empty loop", 10);
   assert_int_equal(ax_loop_run(loop, AX_RUN_DEFAULT), 0);
   guard_stop();
 

@@ -29,12 +29,7 @@ static int fired[NT * 4], nfired;
 static ax_loop_t *L;
 static uint64_t rng;
 
-static uint64_t rnd(void) {
-  rng ^= rng << 13;
-  rng ^= rng >> 7;
-  rng ^= rng << 17;
-  return rng;
-}
+static uint64_t rnd(void) { return xorshift(&rng); }
 
 /* Timeouts on every level: 0, a few ms, seconds, hours, years. */
 static uint64_t rnd_timeout(void) {
