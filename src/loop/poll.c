@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#include "loop_int.h"
+#include "loop/pollbits.h"
 
 /* What we remember about one entry of the pollfd array. */
 struct entry {
@@ -40,29 +40,6 @@ struct pollbe {
   int *index;          /* fd -> position in pfd, or -1 */
   int icap;
 };
-
-static short to_poll(uint32_t want) {
-  short ev = 0;
-  if (want & AX_READABLE)
-    ev |= POLLIN | POLLRDHUP;
-  if (want & AX_WRITABLE)
-    ev |= POLLOUT;
-  return ev;
-}
-
-static uint32_t from_poll(short re, uint32_t want) {
-  uint32_t r = 0;
-  if (re & POLLIN)
-    r |= AX_READABLE;
-  if (re & POLLOUT)
-    r |= AX_WRITABLE;
-  if (re & POLLERR)
-    r |= AX_ERROR;
-  /* Readers learn about a hang-up by reading EOF. */
-  if (re & (POLLHUP | POLLRDHUP))
-    r |= AX_HANGUP | AX_READABLE;
-  return r & (want | AX_ERROR | AX_HANGUP);
-}
 
 static int poll_init(ax_loop_t *loop) {
   struct pollbe *pb = ax__alloc(loop, sizeof(*pb));
@@ -128,7 +105,7 @@ static int entries_reserve(ax_loop_t *loop, struct pollbe *pb) {
 static void entry_set(struct pollbe *pb, int i, struct ax__io *io,
                       uint32_t want) {
   pb->pfd[i].fd = io->fd; /* also un-parks a POLLNVAL entry */
-  pb->pfd[i].events = to_poll(want);
+  pb->pfd[i].events = (short)ax__to_poll(want);
   pb->pfd[i].revents = 0;
   pb->ent[i].fd = io->fd;
   pb->ent[i].gen = io->gen;
@@ -187,7 +164,7 @@ static void collect(ax_loop_t *loop, struct pollbe *pb, int i) {
     p->fd = -1; /* parked: see the top of the file */
     r = AX_ERROR;
   } else {
-    r = from_poll(p->revents, e->want);
+    r = ax__from_poll((unsigned short)p->revents, e->want);
   }
   if (r == 0 || loop->nev >= loop->evcap)
     return;

@@ -57,7 +57,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "loop_int.h"
+#include "loop/pollbits.h"
 
 #define RING_ENTRIES 256
 #define CQE_BATCH 64
@@ -89,29 +89,6 @@ struct uring {
 
 static uint64_t ud_of(uint32_t gen, int fd) {
   return (uint64_t)gen << 32 | (uint32_t)fd;
-}
-
-static unsigned to_poll(uint32_t want) {
-  unsigned ev = 0;
-  if (want & AX_READABLE)
-    ev |= POLLIN | POLLRDHUP;
-  if (want & AX_WRITABLE)
-    ev |= POLLOUT;
-  return ev;
-}
-
-static uint32_t from_poll(unsigned re, uint32_t want) {
-  uint32_t r = 0;
-  if (re & POLLIN)
-    r |= AX_READABLE;
-  if (re & POLLOUT)
-    r |= AX_WRITABLE;
-  if (re & POLLERR)
-    r |= AX_ERROR;
-  /* Readers learn about a hang-up by reading EOF. */
-  if (re & (POLLHUP | POLLRDHUP))
-    r |= AX_HANGUP | AX_READABLE;
-  return r & ((want & (AX_READABLE | AX_WRITABLE)) | AX_ERROR | AX_HANGUP);
 }
 
 /* ---- ring set-up -------------------------------------------------------- */
@@ -254,9 +231,9 @@ static int sq_reserve(struct uring *u, unsigned n) {
 static void arm(struct uring *u, struct slot *s, int fd) {
   struct io_uring_sqe *sqe = io_uring_get_sqe(&u->ring);
   if (s->want & AX_IO_EDGE)
-    io_uring_prep_poll_multishot(sqe, fd, to_poll(s->want));
+    io_uring_prep_poll_multishot(sqe, fd, ax__to_poll(s->want));
   else
-    io_uring_prep_poll_add(sqe, fd, to_poll(s->want));
+    io_uring_prep_poll_add(sqe, fd, ax__to_poll(s->want));
   io_uring_sqe_set_data64(sqe, ud_of(s->gen, fd));
   s->inflight++;
   s->armed = true;
@@ -422,7 +399,7 @@ static bool complete(ax_loop_t *loop, struct uring *u,
   if (s->want == 0)
     return true; /* removed meanwhile */
   if (cqe->res >= 0) {
-    r = from_poll((unsigned)cqe->res, s->want);
+    r = ax__from_poll((unsigned)cqe->res, s->want);
   } else if (cqe->res != -ECANCELED && cqe->res != -ENOENT) {
     s->dead = true;
     r = AX_ERROR;
