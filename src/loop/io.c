@@ -81,7 +81,7 @@ int ax__io_arm(struct ax__io *io, uint32_t events) {
   if (active && old == events)
     return 0;
   if (!active)
-    io->gen = ++loop->gen_next ? loop->gen_next : ++loop->gen_next;
+    io->gen = ++loop->gen_next ? loop->gen_next : ++loop->gen_next; /* never 0 */
   int rc = loop->be->ctl(loop, io, old, events);
   if (rc)
     return rc; /* the backend left the old registration in place */
