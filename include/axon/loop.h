@@ -12,8 +12,8 @@
  * ax_*_new(), arm it with the kind's ax_*_start(), disarm it with
  * ax_source_stop(), release it with ax_source_free(). A callback may stop or
  * free any source, including the one it runs for, create new sources, or stop
- * the loop: memory of a freed source is reclaimed only after the callbacks of
- * the current phase have returned.
+ * the loop: memory of a freed source is reclaimed at the end of the current
+ * iteration, never while a callback could still reach it.
  *
  * Errors: functions return 0 or a negative code (see axon/error.h). A function
  * that takes a callback and returns an error never calls that callback.
