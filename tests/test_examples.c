@@ -933,6 +933,73 @@ static void test_fswatch_dir(void **state) {
   child_expect_exit0(c, 5000);
 }
 
+/* ------------------------------------------------------------------------ */
+/* echo_threads: an acceptor loop hands connections to worker loops          */
+/* ------------------------------------------------------------------------ */
+
+static struct child *start_echo_threads(unsigned *port) {
+  char *argv[] = {EXAMPLE("echo_threads"), "--port",    "0", "--workers", "3",
+                  "--backend",             (char *)backend_name(), NULL};
+  struct child *c = spawn(argv, "/dev/null", NULL, 0);
+  char line[128];
+  child_line(c, line, sizeof line, 10000);
+  int used = 0;
+  if (sscanf(line, "listening on 127.0.0.1:%u%n", port, &used) != 1 || line[used] != 0 ||
+      *port == 0)
+    fail_msg("unexpected first line from echo_threads: \"%s\"", line);
+  return c;
+}
+
+/* After SIGTERM: one "worker i: N connections" line per worker; every
+ * connection was adopted by some worker and round-robin reached them all. */
+static void expect_worker_lines(struct child *c, unsigned long total) {
+  unsigned long sum = 0;
+  for (int i = 0; i < 3; i++) {
+    char line[128];
+    int w = -1, used = 0;
+    unsigned long n = 0;
+    child_line(c, line, sizeof line, 10000);
+    if (sscanf(line, "worker %d: %lu connections%n", &w, &n, &used) != 2 || line[used] || w != i)
+      fail_msg("unexpected line from echo_threads: \"%s\"", line);
+    if (total >= 3 && n == 0) fail_msg("worker %d got no connection of %lu", i, total);
+    sum += n;
+  }
+  if (sum != total) fail_msg("workers adopted %lu connections, %lu were made", sum, total);
+}
+
+static void test_threads_echo(void **state) {
+  (void)state;
+  unsigned port;
+  struct child *srv = start_echo_threads(&port);
+  echo_roundtrip(port, 1, 1, 1, 0);
+  echo_roundtrip(port, 1, 300 * 1024, 300 * 1024, 1);
+  echo_roundtrip(port, 100, 1024, 64 * 1024, 2);
+  assert_int_equal(kill(srv->pid, SIGTERM), 0);
+  expect_worker_lines(srv, 102);
+  child_expect_exit0(srv, 10000);
+}
+
+/* SIGINT with connections open on the workers and data in flight: the
+ * acceptor stops the workers from its thread; exit 0, nothing leaked. */
+static void test_threads_sigint(void **state) {
+  (void)state;
+  unsigned port;
+  struct child *srv = start_echo_threads(&port);
+  clients_make(4, 200 * 1024, 200 * 1024, 11, 0);
+  for (size_t i = 0; i < 4; i++) {
+    g_clients[i].fd = connect_nb(port);
+    struct pollfd p = {.fd = g_clients[i].fd, .events = POLLOUT};
+    assert_int_equal(poll(&p, 1, 5000), 1);
+    g_clients[i].connected = true;
+    client_send(&g_clients[i], i);
+  }
+  sleep_ms(200);
+  assert_int_equal(kill(srv->pid, SIGINT), 0);
+  expect_worker_lines(srv, 4);
+  child_expect_exit0(srv, 10000);
+  clients_free();
+}
+
 int main(void) {
   /* Writes to a child's closed stdin must fail with EPIPE, not kill us. The
    * children get SIGPIPE back at its default before exec. */
@@ -950,6 +1017,8 @@ int main(void) {
       cmocka_unit_test_teardown(test_echo_sigint, cleanup),
       cmocka_unit_test_teardown(test_echo_bounded, cleanup),
       cmocka_unit_test_teardown(test_echo_emfile, cleanup),
+      cmocka_unit_test_teardown(test_threads_echo, cleanup),
+      cmocka_unit_test_teardown(test_threads_sigint, cleanup),
       cmocka_unit_test_teardown(test_timers, cleanup),
       cmocka_unit_test_teardown(test_hello, cleanup),
       cmocka_unit_test_teardown(test_stdin_pipe, cleanup),

@@ -7,6 +7,7 @@
 
 #include <axon/version.h>
 #include <axon/error.h>
+#include <axon/mailbox.h>
 #include <axon/loop.h>
 
 #endif /* AXON_AXON_H */

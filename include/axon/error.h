@@ -67,6 +67,7 @@ extern "C" {
   X(ENOTCONN, -ENOTCONN, "socket is not connected")                            \
   X(ENOTSOCK, -ENOTSOCK, "socket operation on non-socket")                     \
   X(EALREADY, -EALREADY, "operation already in progress")                      \
+  X(ESHUTDOWN, -ESHUTDOWN, "destination is shut down (loop or mailbox closed)") \
   X(ENOTPOLLABLE, AX_ENOTPOLLABLE,                                             \
     "this backend cannot watch the fd's type (epoll refuses regular files "    \
     "and directories; use the poll or select backend, or file I/O)")           \

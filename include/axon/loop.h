@@ -27,6 +27,7 @@
 #include <stdio.h>
 
 #include <axon/error.h>
+#include <axon/mailbox.h>
 #include <axon/version.h>
 
 #ifdef __cplusplus
@@ -50,7 +51,10 @@ typedef enum ax_backend {
 } ax_backend_t;
 
 /**
- * Memory hooks. Every allocation a loop makes goes through them. @realloc
+ * Memory hooks. Every allocation a loop makes for itself and its sources
+ * goes through them; the mailbox (256 bytes, allocated by ax_loop_new) and
+ * the messages other threads queue (ax_loop_post, ax_io_handoff) use malloc,
+ * since they are created or freed on other threads. @realloc
  * with size 0 is never called; @free is never called with NULL. A hook that
  * returns NULL makes the calling axon function fail with -ENOMEM.
  */
@@ -77,6 +81,21 @@ typedef struct ax_loop_options {
    *  ax_loop_clock_changed()). Called on the loop's thread only. */
   int64_t (*realtime_ms)(void *ctx);
   void *clock_ctx;
+  /** Most callbacks and handoffs queued in the loop's mailbox at once;
+   *  past it ax_loop_post() returns -EAGAIN (handoffs and stops always get
+   *  through). 0: AX_MAILBOX_DEFAULT_CAPACITY (1,048,576); at most 2^30
+   *  (more: ax_loop_new returns -EINVAL); AX_MAILBOX_UNBOUNDED: no bound. */
+  uint32_t post_capacity;
+  /** Before blocking, busy-wait up to this many nanoseconds for a posted
+   *  message (never longer than the next timer). A message caught by the
+   *  spin costs no system call on either thread; the price is CPU burnt
+   *  while idle. 0 (the default): never spin. While spinning the loop does
+   *  not look at I/O; after a catch it skips at most 64 waits in a row
+   *  before polling I/O again. */
+  uint32_t spin_ns;
+  /** Run (in AX_RUN_DEFAULT) until ax_loop_stop() even with nothing live:
+   *  for loops fed only by other threads' posts and handoffs. */
+  bool persistent;
 } ax_loop_options_t;
 
 /** ax_loop_options_init() - fill @opts with the defaults (all zero/NULL). */
@@ -134,12 +153,22 @@ AX_API int ax_loop_run(ax_loop_t *loop, ax_run_mode_t mode);
 
 /**
  * ax_loop_stop() - make ax_loop_run() return after the current iteration.
- * Callable from a callback. A stop requested while the loop is not running
- * makes the next ax_loop_run() return after one iteration. Not thread-safe.
+ * Thread-safe. Called on the loop's own thread while it runs (from a
+ * callback), it takes effect at the end of the current iteration. From any
+ * other thread, or while the loop is not running, it travels as a control
+ * message through the loop's mailbox (never refused, never allocates), in
+ * FIFO order with the sender's posts: the loop returns after the iteration
+ * that receives it — if it is not running, in the next ax_loop_run(), after
+ * the posts queued before it. Stops sent while one is still in flight
+ * coalesce into it. NULL is a no-op.
  */
 AX_API void ax_loop_stop(ax_loop_t *loop);
 
-/** ax_loop_alive() - true while an active, referenced source exists. */
+/**
+ * ax_loop_alive() - true while an active, referenced source exists, a posted
+ * callback or handoff is waiting in the mailbox, or the loop is persistent
+ * (see ax_loop_options_t). Not thread-safe.
+ */
 AX_API bool ax_loop_alive(const ax_loop_t *loop);
 
 /**
@@ -165,6 +194,13 @@ typedef struct ax_loop_info {
   uint64_t signals;            /* signal callbacks run */
   uint64_t fs_events;          /* fs-watch callbacks run */
   uint64_t wakeups;            /* wake callbacks run */
+  uint64_t posts_run;          /* posted callbacks run (ax_loop_post*) */
+  uint64_t handoffs_adopted;   /* I/O sources adopted by handoff (from
+                                  another loop or this one) */
+  uint64_t handoffs_failed;    /* handoffs that closed the fd instead */
+  uint64_t mailbox_wakes;      /* sleeps a poster interrupted (one wake
+                                  system call each) */
+  size_t mailbox_depth;        /* messages waiting in the mailbox */
   size_t sources;              /* sources allocated (not yet freed) */
   size_t active;               /* of which active */
   size_t referenced;           /* of which active and referenced */
@@ -468,6 +504,98 @@ AX_API int ax_wake_start(ax_source_t *src);
  * Returns 0, AX_EKIND, or -EINVAL.
  */
 AX_API int ax_wake_send(ax_source_t *src);
+
+/* ------------------------------------------------------------------------ */
+/* Cross-thread: posts and source handoff                                    */
+/* ------------------------------------------------------------------------ */
+/*
+ * Every loop owns one mailbox (axon/mailbox.h). Other threads reach the
+ * loop only through it: ax_loop_post() and ax_loop_post_node() queue a
+ * callback, ax_io_handoff() moves an I/O source into it, ax_loop_stop()
+ * stops it. These four, with ax_wake_send(), are the thread-safe functions
+ * of this header. They never block the caller on the loop. The loop drains
+ * its mailbox once per iteration, after I/O, in batches of at most 1024;
+ * a loop asleep in its backend is woken by an eventfd write only when it
+ * announced the sleep (see the wake protocol in axon/mailbox.h).
+ *
+ * A loop must outlive every thread that may still post to it: stop the
+ * posting threads (or make them stop posting) before ax_loop_free(). That
+ * call closes the mailbox — later posts get -ESHUTDOWN — then runs the
+ * callbacks still queued and cancels the handoffs still queued (their fds
+ * are closed, their callbacks see -ECANCELED), so nothing queued is lost.
+ */
+
+typedef void (*ax_post_fn)(void *arg);
+
+/**
+ * ax_loop_post() - run @fn(@arg) on @loop's thread, at its next mailbox drain
+ * (once per iteration, after I/O; a post made during a drain may run in the
+ * same one).
+ * Thread-safe; never blocks. Callbacks posted by one thread run in the order
+ * they were posted. Allocates one 32-byte node with malloc (the loop's
+ * allocator hooks are not assumed thread-safe); ax_loop_post_node() avoids
+ * that. Returns 0, -EINVAL (NULL loop or fn), -ENOMEM, -EAGAIN (the mailbox
+ * is at its post_capacity: nothing was queued; retry later) or -ESHUTDOWN
+ * (ax_loop_free() has begun).
+ */
+AX_API int ax_loop_post(ax_loop_t *loop, ax_post_fn fn, void *arg);
+
+/**
+ * A caller-owned post: embed it in your own message to post without
+ * allocating. @fn receives the post (use container_of to reach the
+ * message). Set @fn before posting; leave @node alone.
+ */
+typedef struct ax_post ax_post_t;
+struct ax_post {
+  ax_mbnode_t node;
+  void (*fn)(ax_post_t *post);
+};
+
+/**
+ * ax_loop_post_node() - queue @post; @post->fn(@post) runs on @loop's
+ * thread. Thread-safe; never blocks; never allocates. The post belongs to
+ * the loop from a successful call until its fn starts; fn may then free it,
+ * reuse it or post it again. Same order and errors as ax_loop_post(), minus
+ * -ENOMEM.
+ */
+AX_API int ax_loop_post_node(ax_loop_t *loop, ax_post_t *post);
+
+/**
+ * ax_handoff_cb - runs on the destination loop's thread when a handoff is
+ * over (for -ECANCELED: on the thread that calls ax_loop_free() on it).
+ * @status 0: @src is the adopted source, registered with the destination's
+ * backend with the interest, mode, callback, data and reference state it
+ * had (armed if it was active); it belongs to the destination loop now.
+ * @status < 0: the fd could not be adopted and has been closed; @src is
+ * NULL. Causes: -ECANCELED (the destination was freed first), -ENOMEM,
+ * -EEXIST (the destination already watches that fd number), AX_EFDTOOBIG
+ * (select backend), -ENOTSUP (edge mode on a backend without it),
+ * AX_ENOTPOLLABLE (e.g. a regular file into an epoll loop), or another
+ * backend error. @data is the handoff's @data.
+ */
+typedef void (*ax_handoff_cb)(ax_source_t *src, int status, void *data);
+
+/**
+ * ax_io_handoff() - move I/O source @src to loop @dest.
+ *
+ * Call on the thread of @src's loop. On success @src is removed from its
+ * loop at once (its handle is invalid after the call: do not stop or free
+ * it; its callback will not run here again), and a control message carries
+ * the fd, its interest and mode, its callback and data to @dest, which
+ * registers them with its own backend and then calls @cb there. The fd is
+ * adopted or closed exactly once, even when @dest is full (a handoff is a
+ * control message, never refused for capacity) or is freed before it gets
+ * there (@cb sees -ECANCELED). Bytes in flight stay in the kernel's buffers:
+ * the new owner sees them as readiness.
+ *
+ * Returns 0, -EINVAL (NULL argument, or @src is being freed), AX_EKIND (not
+ * an I/O source), -ENOMEM (nothing moved) or -ESHUTDOWN (@dest is being
+ * freed; nothing moved). On an error @src stays where it was, untouched,
+ * and @cb is not called. Not thread-safe with respect to @src's own loop
+ * (it must be called there); thread-safe with respect to @dest.
+ */
+AX_API int ax_io_handoff(ax_source_t *src, ax_loop_t *dest, ax_handoff_cb cb,
+                         void *data);
 
 #ifdef __cplusplus
 }

@@ -88,6 +88,15 @@ void ax_loop_dump(const ax_loop_t *loop, FILE *out) {
           (unsigned long long)in.stale_events, (unsigned long long)in.timers_fired,
           (unsigned long long)in.defers_run, (unsigned long long)in.signals,
           (unsigned long long)in.fs_events, (unsigned long long)in.wakeups);
+  fprintf(out,
+          "  mailbox: depth=%zu capacity=%u posts_run=%llu mailbox_wakes=%llu "
+          "handoffs_adopted=%llu handoffs_failed=%llu spin_ns=%u%s\n",
+          in.mailbox_depth, ax_mailbox_capacity(loop->mb),
+          (unsigned long long)in.posts_run,
+          (unsigned long long)in.mailbox_wakes,
+          (unsigned long long)in.handoffs_adopted,
+          (unsigned long long)in.handoffs_failed, loop->spin_ns,
+          loop->persistent ? " persistent" : "");
 }
 
 /* ---- verify ------------------------------------------------------------- */

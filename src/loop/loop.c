@@ -173,8 +173,13 @@ int ax_loop_new(const ax_loop_options_t *opts, ax_loop_t **out) {
   loop->libc_alloc = a == &libc_allocator;
   loop_init_fields(loop, o);
   rc = backend_start(loop, id);
+  if (rc == 0)
+    rc = ax__post_init(loop, o);
   if (rc) {
+    ax__post_fini(loop);
     loop->be->fini(loop);
+    ax__slab_release_all(loop);
+    ax__free(loop, loop->fdtab);
     ax__free(loop, loop->ev);
     a->free(loop, a->ctx);
     return rc;
@@ -194,6 +199,9 @@ int ax_loop_free(ax_loop_t *loop) {
     return 0;
   if (loop->running)
     return -EBUSY;
+  /* First the mailbox: queued posts run while every source still exists;
+   * queued handoffs close their fds. */
+  ax__post_fini(loop);
   /* Only sources holding more than their slab slot (fds, registrations,
    * paths) need a visit; timers, dates and defers go with their chunks, so
    * freeing a loop with 10 M timers costs O(chunks), not O(timers). */
@@ -215,11 +223,23 @@ int ax_loop_free(ax_loop_t *loop) {
 
 /* ---- running ------------------------------------------------------------ */
 
-bool ax_loop_alive(const ax_loop_t *loop) { return loop && loop->nrefd > 0; }
+bool ax_loop_alive(const ax_loop_t *loop) {
+  return loop && (loop->nrefd > 0 || loop->persistent ||
+                  ax__posts_pending(loop));
+}
 
+/* The loop this thread is running right now (innermost), if any. */
+static _Thread_local ax_loop_t *tl_running;
+
+/* Thread-safe: on the running loop's own thread the flag is set directly
+ * (the iteration ends with it); anywhere else the request is a message. */
 void ax_loop_stop(ax_loop_t *loop) {
-  if (loop)
+  if (!loop)
+    return;
+  if (tl_running == loop)
     loop->stop = true;
+  else
+    ax__stop_post(loop);
 }
 
 static int64_t min_timeout(int64_t a, int64_t b) {
@@ -234,7 +254,8 @@ static int64_t min_timeout(int64_t a, int64_t b) {
  * the next timer or date, forever only when nothing but I/O can happen. */
 static int poll_timeout(ax_loop_t *loop, ax_run_mode_t mode) {
   if (mode == AX_RUN_NOWAIT || loop->stop || loop->clock_dirty ||
-      !ax__list_empty(&loop->defers) || !ax_loop_alive(loop))
+      !ax__list_empty(&loop->defers) || !ax_loop_alive(loop) ||
+      ax__posts_pending(loop))
     return 0;
   ax_loop_update_time(loop);
   int64_t t = min_timeout(ax__timers_next(loop), ax__dates_next(loop));
@@ -243,10 +264,21 @@ static int poll_timeout(ax_loop_t *loop, ax_run_mode_t mode) {
 
 /* One iteration: wait, then the phases in a fixed order. */
 static int iterate(ax_loop_t *loop, ax_run_mode_t mode) {
-  int rc = loop->be->wait(loop, poll_timeout(loop, mode));
+  int timeout = poll_timeout(loop, mode);
+  bool slept = false, skip = false;
+  if (timeout != 0)
+    timeout = ax__posts_before_wait(loop, timeout, &slept, &skip);
+  int rc = 0;
+  if (!skip) {
+    rc = loop->be->wait(loop, timeout);
+    loop->skipped_waits = 0;
+  }
+  if (slept)
+    ax__posts_awake(loop);
   ax_loop_update_time(loop);
   if (rc == 0)
     ax__io_dispatch(loop);
+  ax__posts_run(loop);
   ax__timers_run(loop);
   ax__dates_run(loop);
   ax__defers_run(loop);
@@ -259,7 +291,8 @@ static int iterate(ax_loop_t *loop, ax_run_mode_t mode) {
 static uint64_t progress(const ax_loop_t *loop) {
   const ax_loop_info_t *s = &loop->stats;
   return s->io_events + s->timers_fired + s->defers_run + s->signals +
-         s->fs_events + s->wakeups;
+         s->fs_events + s->wakeups + s->posts_run + s->handoffs_adopted +
+         s->handoffs_failed;
 }
 
 /* DEFAULT runs while something live is left. ONCE runs until a callback
@@ -280,6 +313,8 @@ int ax_loop_run(ax_loop_t *loop, ax_run_mode_t mode) {
   if (loop->running)
     return -EBUSY;
   loop->running = true;
+  ax_loop_t *outer = tl_running;
+  tl_running = loop;
   ax_loop_update_time(loop);
   int rc = 0;
   uint64_t before = progress(loop);
@@ -290,6 +325,7 @@ int ax_loop_run(ax_loop_t *loop, ax_run_mode_t mode) {
   }
   loop->stop = false;
   loop->running = false;
+  tl_running = outer;
   return rc;
 }
 
@@ -315,6 +351,8 @@ int ax_loop_info(const ax_loop_t *loop, ax_loop_info_t *info) {
   for (int k = 1; k < AX__KIND_COUNT; k++)
     if (k != AX__KIND_INTERNAL)
       ax__slab_foreach(loop, k, count_one, &info->sources);
+  info->mailbox_wakes = ax_mailbox_wakes(loop->mb);
+  info->mailbox_depth = ax_mailbox_depth(loop->mb);
   info->active = loop->nactive;
   info->referenced = loop->nrefd;
   return 0;

@@ -5,9 +5,13 @@
 #ifndef AXON_LOOP_INT_H
 #define AXON_LOOP_INT_H
 
+#include <assert.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
+
+#include <ck_pr.h>
 
 #include <axon/loop.h>
 
@@ -237,6 +241,19 @@ struct ax_loop {
   struct ax__wd **wds;
   size_t nwds, wdcap;
 
+  /* Cross-thread traffic (post.c). Other threads touch only mb (through
+   * its thread-safe functions), post_efd (fixed before the loop is shared)
+   * and stop_posted/stop_post (atomically). */
+  ax_mailbox_t *mb;
+  struct ax__io *post_io;  /* internal watcher of post_efd */
+  int post_efd;            /* eventfd written by posters to wake the loop */
+  unsigned stop_posted;    /* 1 while stop_post is in the mailbox */
+  ax_post_t stop_post;     /* the loop's own stop message: never allocated */
+  uint32_t spin_ns;
+  unsigned skipped_waits;  /* waits skipped in a row after a spin's catch */
+  bool persistent;
+  bool freeing;            /* ax_loop_free is draining the mailbox */
+
   struct ax__slab slabs[AX__KIND_COUNT];
   ax_source_t *closing;    /* freed during a run; reclaimed per iteration */
 
@@ -302,6 +319,16 @@ void ax__fswatch_stop(ax_loop_t *loop, struct ax__fswatch *f);
 void ax__fswatch_release(ax_loop_t *loop, struct ax__fswatch *f);
 void ax__fswatch_fini(ax_loop_t *loop);
 void ax__clock_fini(ax_loop_t *loop);
+
+/* Mailbox (post.c). */
+int ax__post_init(ax_loop_t *loop, const ax_loop_options_t *o);
+void ax__post_fini(ax_loop_t *loop);
+bool ax__posts_pending(const ax_loop_t *loop);
+void ax__posts_run(ax_loop_t *loop);
+int ax__posts_before_wait(ax_loop_t *loop, int timeout_ms, bool *slept,
+                          bool *skip);
+void ax__posts_awake(ax_loop_t *loop);
+void ax__stop_post(ax_loop_t *loop);
 
 /* Run a timer or date callback and apply its return value. */
 void ax__timer_fire(ax_loop_t *loop, struct ax__timer *t);
