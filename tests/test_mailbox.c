@@ -1040,10 +1040,14 @@ static void test_stress_capacity(void **state) {
     long c = atomic_load(&rig->ctl_inflight);
     if (d > maxd)
       maxd = d;
-    if ((long)d > SMALL_CAP + c) {
+    /* The documented bound: the capacity, plus the controls, plus fewer
+     * than the number of producers (each checks the depth, then publishes:
+     * producers racing past the check together may all get in). */
+    if ((long)d > SMALL_CAP + c + (NPROD - 1)) {
       if (over++ == 0)
-        fprintf(stderr, "depth %zu > capacity %d + %ld controls in flight\n",
-                d, SMALL_CAP, c);
+        fprintf(stderr,
+                "depth %zu > capacity %d + %ld controls in flight + %d\n", d,
+                SMALL_CAP, c, NPROD - 1);
     }
   }
   for (int p = 0; p < NPROD; p++)

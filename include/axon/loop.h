@@ -591,7 +591,9 @@ typedef void (*ax_handoff_cb)(ax_source_t *src, int status, void *data);
  * Returns 0, -EINVAL (NULL argument, or @src is being freed), AX_EKIND (not
  * an I/O source), -ENOMEM (nothing moved) or -ESHUTDOWN (@dest is being
  * freed; nothing moved). On an error @src stays where it was, untouched,
- * and @cb is not called. Not thread-safe with respect to @src's own loop
+ * and @cb is not called — except if @dest's ax_loop_free() begins during
+ * this very call (which the rule above forbids): then -ESHUTDOWN comes
+ * after the removal and the fd has been closed. Not thread-safe with respect to @src's own loop
  * (it must be called there); thread-safe with respect to @dest.
  */
 AX_API int ax_io_handoff(ax_source_t *src, ax_loop_t *dest, ax_handoff_cb cb,

@@ -19,17 +19,21 @@
  * whoever owns the mailbox when no other thread can reach it: new, free).
  *
  * Bound policy: a mailbox has a capacity (options.capacity). A push that
- * would take the depth past it returns -EAGAIN and leaves the node with the
- * caller: nothing is dropped silently, the producer decides (retry later,
- * slow down, report). A push flagged AX_MB_CONTROL is never refused for
- * capacity: control messages (source handoffs, stop requests, exit notices)
- * always get through and may take the depth past the capacity. The depth
- * counts nodes pushed and not yet popped; with a capacity of 1024 or more the
- * consumer publishes its pops in batches of 64, so a producer may see the
- * mailbox full up to 63 nodes early — it never sees room that is not there
- * — and ax_mailbox_depth() may count up to 63 nodes already popped; it is
- * exact again after ax_mailbox_sleep_prepare() or ax_mailbox_close(). Below
- * a capacity of 1024 every pop is published at once: the depth is exact.
+ * finds the depth at the capacity returns -EAGAIN and leaves the node with
+ * the caller: nothing is dropped silently, the producer decides (retry
+ * later, slow down, report). A push flagged AX_MB_CONTROL is never refused
+ * for capacity: control messages (source handoffs, stop requests, exit
+ * notices) always get through and may take the depth past the capacity.
+ * The check and the push are two steps (an atomic check-and-count per push
+ * halved the push rate: see src/mailbox/mailbox.c), so producers that pass
+ * the check together can go past the capacity by fewer than their number —
+ * with one producer the bound is exact. The depth counts nodes pushed and
+ * not yet popped; with a capacity of 1024 or more the consumer publishes its
+ * pops in batches of 64, so a producer may see the mailbox full up to 63
+ * nodes early and ax_mailbox_depth() may count up to 63 nodes already
+ * popped; it is exact again after ax_mailbox_sleep_prepare() or
+ * ax_mailbox_close(). Below a capacity of 1024 every pop is published at
+ * once.
  *
  * Wake protocol (why a sleeping consumer never misses a message, and why a
  * busy one costs producers no system call):
@@ -47,10 +51,15 @@
  * sent per announced sleep. The protocol is modelled in tests/model/
  * (Promela, checked with spin in `make test`).
  *
- * Progress: push is lock-free (its CAS fails only when another push or the
- * consumer's take succeeded in between); pop is wait-free. A node can be
- * popped from the instant its push's CAS succeeds: pop returns NULL only
- * when the mailbox is empty.
+ * Progress: push is lock-free (its CAS fails only when another push, the
+ * consumer's take or the close succeeded in between); pop is wait-free. A
+ * node can be popped from the instant its push's CAS succeeds: pop returns
+ * NULL only when the mailbox is empty.
+ *
+ * Lifetime: a push touches the mailbox (atomically) after publishing its
+ * node, so the mailbox must outlive every producer that may still push:
+ * close it, and free it only once they are known to be done (joined, or
+ * told to stop through some other channel).
  *
  * Errors: 0 or a negative errno (see axon/error.h).
  */
@@ -177,7 +186,7 @@ AX_API bool ax_mailbox_sleep_finish(ax_mailbox_t *mb);
  * ax_mailbox_close() - refuse every later push with -ESHUTDOWN. Consumer
  * only. Nodes already queued stay and can still be popped. Pushes racing
  * with the close either get in (and are popped) or are refused; none is
- * lost.
+ * lost. The depth is exact afterwards.
  */
 AX_API void ax_mailbox_close(ax_mailbox_t *mb);
 

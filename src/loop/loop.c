@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "loop/loop_int.h"
+#include "mailbox/mailbox_int.h"
 
 /* ---- memory ------------------------------------------------------------- */
 
@@ -352,7 +353,7 @@ int ax_loop_info(const ax_loop_t *loop, ax_loop_info_t *info) {
     if (k != AX__KIND_INTERNAL)
       ax__slab_foreach(loop, k, count_one, &info->sources);
   info->mailbox_wakes = ax_mailbox_wakes(loop->mb);
-  info->mailbox_depth = ax_mailbox_depth(loop->mb);
+  info->mailbox_depth = ax__mailbox_depth_exact(loop->mb);
   info->active = loop->nactive;
   info->referenced = loop->nrefd;
   return 0;

@@ -9,7 +9,6 @@
  * announcement writes the loop's eventfd (mailbox_wake), the only system
  * call a post can cost.
  */
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -105,21 +104,14 @@ int ax__post_init(ax_loop_t *loop, const ax_loop_options_t *o) {
 void ax__post_fini(ax_loop_t *loop) {
   if (loop->mb) {
     loop->freeing = true;
+    /* After the close every push either is queued already or is refused
+     * (a push is one CAS that sees the closed mark): popping until empty
+     * drains everything that will ever come. Posts made by these callbacks
+     * are refused with -ESHUTDOWN. */
     ax_mailbox_close(loop->mb);
-    /* A poster that reserved room before the close is still to link its
-     * node: the depth counts it, so wait for it (a few instructions, unless
-     * that thread was preempted in between). */
-    for (unsigned spins = 0;;) {
-      ax_mbnode_t *n = ax_mailbox_pop(loop->mb);
-      if (n) {
-        ax_post_t *p = ax__container_of(n, ax_post_t, node);
-        p->fn(p);
-        continue;
-      }
-      if (ax_mailbox_depth(loop->mb) == 0)
-        break;
-      if (++spins % 128 == 0)
-        sched_yield();
+    for (ax_mbnode_t *n; (n = ax_mailbox_pop(loop->mb));) {
+      ax_post_t *p = ax__container_of(n, ax_post_t, node);
+      p->fn(p);
     }
     int rc = ax_mailbox_free(loop->mb);
     assert(rc == 0);
@@ -140,17 +132,15 @@ bool ax__posts_pending(const ax_loop_t *loop) {
 }
 
 void ax__posts_run(ax_loop_t *loop) {
-  int i = 0;
-  for (ax_mbnode_t *n; i < POST_BATCH && (n = ax_mailbox_pop(loop->mb)); i++) {
+  for (int i = 0; i < POST_BATCH; i++) {
+    ax_mbnode_t *n = ax_mailbox_pop(loop->mb);
+    if (!n)
+      return;
     ax_post_t *p = ax__container_of(n, ax_post_t, node);
     if (p->fn != run_handoff && p->fn != run_stop)
       loop->stats.posts_run++;
     p->fn(p);
   }
-  /* Once per drain, not per pop: ax_loop_info's depth is exact between
-   * iterations, and producers see the room. */
-  if (i > 0)
-    ax__mailbox_settle(loop->mb);
 }
 
 /*
@@ -168,7 +158,7 @@ int ax__posts_before_wait(ax_loop_t *loop, int timeout_ms, bool *slept,
     uint64_t ns = loop->spin_ns;
     if (timeout_ms >= 0 && (uint64_t)timeout_ms * 1000000u < ns)
       ns = (uint64_t)timeout_ms * 1000000u;
-    uint64_t start = ax__monotonic_ms();
+    uint64_t start = loop->now; /* poll_timeout just updated it */
     if (ax_mailbox_spin(loop->mb, ns)) {
       if (loop->skipped_waits < 64) {
         loop->skipped_waits++;
@@ -306,15 +296,21 @@ int ax_io_handoff(ax_source_t *src, ax_loop_t *dest, ax_handoff_cb cb,
       .cb = cb,
       .data = data,
   };
-  /* Reserve room first, so a refusal leaves the source untouched; then
-   * unregister the fd here before the destination can see it: once the
-   * message is out, the fd is the destination's to use and to close. */
-  rc = ax__mailbox_reserve(dest->mb, AX_MB_CONTROL);
-  if (rc) {
+  /* Refuse while the source is still untouched if @dest is being freed.
+   * Then unregister the fd here before the destination can see it: once
+   * the message is out, the fd is the destination's to use and to close.
+   * A control message is never refused for capacity, so the push fails
+   * only if @dest began ax_loop_free() in between — which the rule that a
+   * loop outlives its posters forbids; the fd is closed then. */
+  if (ax__mailbox_closed(dest->mb)) {
     free(h);
-    return rc;
+    return -ESHUTDOWN;
   }
   ax__source_destroy(src); /* unregisters, leaves the fd open */
-  ax__mailbox_commit(dest->mb, &h->post.node);
-  return 0;
+  rc = ax_mailbox_push(dest->mb, &h->post.node, AX_MB_CONTROL);
+  if (rc) {
+    close(h->fd);
+    free(h);
+  }
+  return rc;
 }

@@ -3,45 +3,54 @@
  * atomics, with a bound and the sleep/wake protocol documented in
  * include/axon/mailbox.h.
  *
- * Structure: a Treiber stack plus a depth counter. A producer counts its
- * node in (the bound) and pushes it with one CAS on the top. The consumer
- * takes the whole stack with one exchange and pops from its private copy
- * without atomics: the newest TAKE_VEC nodes are read into an array (popped
- * from the end, oldest first), an older rest of a long take is reversed in
- * place. Either way the pops come out in exact push order, so FIFO holds
- * per producer and across producers.
+ * Structure: a Treiber stack plus a depth counter. A producer checks the
+ * depth, pushes its node with one CAS on the top, then counts it. The
+ * consumer takes the whole stack with one exchange and pops its private
+ * copy without atomics: the newest TAKE_VEC nodes are read into an array
+ * (popped from its end, oldest first), an older rest of a long take is
+ * reversed in place. Either way pops come out in exact push order, so FIFO
+ * holds per producer and across producers. Closing sets the top's low bit:
+ * a push's CAS then fails and sees the mark.
  *
  * Why this structure: `make bench BENCH=mailbox_candidates`
  * (bench/xthread_cand.c: the consumer busy-polls, producers on CPU 1, the
- * consumer on CPU 0, this 2-core VM; msgs/s, medians of 3):
+ * consumer on CPU 0, this 2-core VM; msgs/s, one run, 2026-11-22; these
+ * move by +-30 % between runs):
  *
- *   candidate                                        1 -> 1    2 -> 1
- *   exchange-based intrusive queue (Vyukov)           7.9 M     9.9 M
- *   ck_ring, ck's MPSC enqueue (reserve/commit)       4.3 M     0.66 M
- *   Treiber stack, ck_stack, no bound                15.2 M    14.9 M
+ *   candidate                                     1 -> 1    2 -> 1
+ *   axon: this file (bounded stack)                8.2 M     7.6 M
+ *   exchange-based intrusive queue (Vyukov)       17.1 M    18.4 M
+ *   Treiber stack, ck_stack, no bound             13.9 M    13.9 M
+ *   ck_ring, ck's MPSC enqueue (reserve/commit)    4.1 M     0.51 M
  *
- * (the axon mailbox itself is impl `axon` in that benchmark; the README
- * has its run). The exchange queue, which we built first, lost because a
- * consumer that keeps up with its producer always sits at the tail: each
- * message then costs it a read of the tail, an exchange to put its stub
- * back, and a race with the producer on the last node's link, where the
- * stack costs one exchange per take. ck_ring's MPSC enqueue makes a
- * producer wait for the commit of the one before it: a producer preempted
- * in between stalls the others for a time slice. The bound is the price
- * over the bare stack: one more RMW per push, on a line of its own.
+ * The bare exchange queue and the bare stack are close; both are about
+ * twice as fast as any bounded version we built, because the bound costs a
+ * second locked instruction per push (measured: the same code without the
+ * count runs at 14-19 M). We tried four ways to pay less: a CAS on the
+ * count before the push (7-8 M), an exchange queue with that CAS (7.9 M),
+ * the top and the count in one double-width CAS (6-7 M), and the count
+ * after the push (this file, 8-10 M). We keep the stack over the exchange
+ * queue because of what the bound needs around it: the stack publishes
+ * with one CAS that can also see the closed mark (the exchange queue's
+ * exchange cannot refuse, so closing needs a reservation counted before
+ * the push), and its consumer never finds a published node it cannot reach
+ * (the exchange queue has a window between a producer's exchange and its
+ * link). ck_ring's MPSC enqueue makes a producer wait for the commit of the
+ * one before it: one preempted producer stalls the others for a time slice.
+ * Through a loop (bench xthread_throughput) the queue is not the limit:
+ * axon and libuv's mutex + uv_async move about the same 10-11 M msgs/s.
  *
- * Progress: a push is lock-free (its CAS fails only because another push or
- * a take succeeded); a pop is wait-free. A node is visible to the consumer
- * from the instant its push's CAS succeeds.
+ * Progress: a push is lock-free (its CAS fails only because another push,
+ * a take or the close succeeded); a pop is wait-free. A node is visible to
+ * the consumer from the instant its push's CAS succeeds.
  *
- * Layout: the top, the count, the sleep line and the consumer's state each
- * on their own cache line. Producers write the top and the count; the
- * consumer writes the top once per take and the count once per 64 pops.
- * The sleep line is read by every push but written only when the consumer
- * goes to sleep or wakes, so it stays shared in the producers' caches while
- * the consumer is busy. The consumer never writes to a node it took from a
- * short take: a producer reusing the node gets its line back without a
- * transfer from the consumer's cache.
+ * Layout: the top, the count, the sleep flag and the consumer's state each
+ * in their own 128-byte block (LINE): Intel's adjacent-line prefetcher
+ * fetches 64-byte lines in pairs, so 64 bytes apart is not apart enough.
+ * The sleep block is read by every push but written only when the consumer
+ * goes to sleep or wakes, so it stays shared in the producers' caches. The
+ * consumer never writes to a node of a short take: a producer reusing the
+ * node gets its line back without a transfer from the consumer's cache.
  *
  * Memory ordering: every atomic below says what it orders and what it pairs
  * with. ck's atomics are inline assembly, invisible to ThreadSanitizer:
@@ -76,11 +85,19 @@ void __tsan_release(void *addr);
 #define TSAN_ACQUIRE(p) ((void)(p))
 #endif
 
-#define LINE 64
+/* Distance between the parts written by different threads (see Layout). */
+#define LINE 128
 
-/* The count word: depth in the low bits, CLOSED on top. */
-#define CLOSED (UINT64_C(1) << 63)
-#define DEPTH_MASK (CLOSED - 1)
+/* The closed mark: the top's low bit (nodes hold a pointer, so their
+ * addresses are even). */
+#define CLOSED_BIT ((uintptr_t)1)
+
+static inline bool is_closed(const ax_mbnode_t *top) {
+  return (uintptr_t)top & CLOSED_BIT;
+}
+static inline ax_mbnode_t *strip(ax_mbnode_t *top) {
+  return (ax_mbnode_t *)((uintptr_t)top & ~CLOSED_BIT);
+}
 #define CAPACITY_MAX (UINT32_C(1) << 30)
 
 /* Consumer pops are published in batches of this size when the capacity is
@@ -91,26 +108,26 @@ void __tsan_release(void *addr);
 /* Nodes of a take kept in an array (see vec). */
 #define TAKE_VEC 256u
 
-
 struct ax_mailbox {
   /* the stack: pushed by producers, taken whole by the consumer */
   _Alignas(LINE) ax_mbnode_t *top;
-  /* depth (nodes counted in, pops not yet published) | CLOSED */
-  _Alignas(LINE) uint64_t count;
+  /* depth: pushes counted minus pops published; may dip below 0 for an
+   * instant (a node popped before its producer counted it) */
+  _Alignas(LINE) int64_t count;
 
-  /* sleep line: written rarely, read by every push */
+  /* the sleep block: written rarely, read by every push */
   _Alignas(LINE) unsigned sleeping; /* 1: consumer announced it blocks */
   uint32_t capacity;
   ax_mailbox_wake_fn wake;
   void *wake_ctx;
   uint64_t wakes; /* wake functions called (producers, atomically) */
 
-  /* consumer's line */
+  /* the consumer's block */
   _Alignas(LINE) ax_mbnode_t *first; /* older part of a long take, FIFO */
   unsigned vlen;                      /* nodes left in vec */
   unsigned unpublished;              /* pops not yet subtracted from depth */
   unsigned pop_batch;
-  bool closed; /* the consumer closed it (a copy of the CLOSED bit) */
+  bool closed; /* the consumer closed it (the top carries the mark) */
   void *alloc; /* what malloc returned (the struct is aligned inside) */
   /* The newest nodes of the last take, newest first (popped from the
    * end). Kept here rather than reversing the list in place so the
@@ -168,34 +185,15 @@ int ax_mailbox_free(ax_mailbox_t *mb) {
 
 /* ---- producers ---------------------------------------------------------- */
 
-/*
- * Count one more node in, or refuse it. Bounded pushes use a CAS loop, so
- * the depth never shows more than the capacity (plus control messages) and
- * a push is refused only when the mailbox really is full. Control pushes
- * and unbounded mailboxes only add (xadd), undone if the mailbox is closed.
- * Either way the RMW is on the count's own line, which the consumer writes
- * once per 64 pops, so it is usually still in this producer's cache.
- * Neither orders anything: the node is published by the CAS on the top.
- * Atomic with the consumer's subtraction (publish_pops) and the close's OR:
- * a push counted before the close is seen by the drain that waits for
- * depth 0 after it.
- */
-static int count_in(ax_mailbox_t *mb, unsigned flags) {
-  if ((flags & AX_MB_CONTROL) || mb->capacity == AX_MAILBOX_UNBOUNDED) {
-    if (!(ck_pr_faa_64(&mb->count, 1) & CLOSED))
-      return 0;
-    ck_pr_dec_64(&mb->count); /* undo; the drain sees depth 0 after it */
-    return -ESHUTDOWN;
-  }
-  uint64_t c = ck_pr_load_64(&mb->count);
-  for (;;) {
-    if (c & CLOSED)
-      return -ESHUTDOWN;
-    if ((c & DEPTH_MASK) >= mb->capacity)
-      return -EAGAIN;
-    if (ck_pr_cas_64_value(&mb->count, c, c + 1, &c))
-      return 0;
-  }
+/* Room for one more? A plain look at the count (its line is usually in
+ * this producer's cache). The push counts itself only after publishing,
+ * so concurrent producers can together go past the bound by fewer than
+ * their number; see the bound policy in the header. */
+static int room(const ax_mailbox_t *mb, unsigned flags) {
+  if ((flags & AX_MB_CONTROL) || mb->capacity == AX_MAILBOX_UNBOUNDED)
+    return 0;
+  int64_t d = (int64_t)ck_pr_load_64((const uint64_t *)&mb->count);
+  return d >= (int64_t)mb->capacity ? -EAGAIN : 0;
 }
 
 /* The producer's half of the wake protocol: after the push, look at the
@@ -220,10 +218,23 @@ static void maybe_wake(ax_mailbox_t *mb, ax_mailbox_wake_fn wake,
     wake(wake_ctx);
 }
 
-/* Put @node on top of the stack (it was counted already). */
-static void push_top(ax_mailbox_t *mb, ax_mbnode_t *node) {
+/*
+ * Put @node on top of the stack, then count it. Returns -ESHUTDOWN if the
+ * mailbox is closed (the node is not queued).
+ *
+ * Why count after publishing: a locked instruction waits for the stores
+ * before it (the caller's message, the link) to reach the cache. Counting
+ * first put two such waits in a row, the second one for the top's line,
+ * which the consumer takes away at every take — measured: it halved the
+ * push rate (bench mailbox_candidates). Published first, the CAS's wait
+ * for the node's line and its miss on the top's line overlap, and the
+ * count's add finds its line at hand.
+ */
+static int push_top(ax_mailbox_t *mb, ax_mbnode_t *node) {
   ax_mbnode_t *top = ck_pr_load_ptr(&mb->top);
   for (;;) {
+    if (is_closed(top))
+      return -ESHUTDOWN;
     ck_pr_store_ptr(&node->next, top);
     TSAN_RELEASE(node);
     /* Orders the caller's writes to the message and the link above before
@@ -231,37 +242,31 @@ static void push_top(ax_mailbox_t *mb, ax_mbnode_t *node) {
      * ck_pr_fence_atomic_load() after the consumer's take. */
     ck_pr_fence_store_atomic();
     /* The linearisation point of the push. On failure @top receives the
-     * current top (another push or a take won) and we link again. */
+     * current top (another push, a take or the close won) and we retry. */
     if (ck_pr_cas_ptr_value(&mb->top, top, node, &top))
-      return;
+      break;
   }
+  /* A statistic and the bound's input: orders nothing (the node is already
+   * published). Atomic with the consumer's subtraction in publish_pops. */
+  ck_pr_inc_64((uint64_t *)&mb->count);
+  return 0;
 }
 
 int ax_mailbox_push(ax_mailbox_t *mb, ax_mbnode_t *node, unsigned flags) {
   if (!mb || !node || (flags & ~(unsigned)AX_MB_CONTROL))
     return -EINVAL;
   /* Read the wake function before the node is published: once it is, the
-   * consumer may pop it and (if it was the last thing it waited for) free
-   * the mailbox; only atomics on the mailbox follow the publication. */
+   * consumer may pop it and, if nothing else can reach the mailbox, free
+   * it; only atomics on the mailbox follow the publication (which is why
+   * a mailbox must outlive its producers). */
   ax_mailbox_wake_fn wake = mb->wake;
   void *wake_ctx = mb->wake_ctx;
-  int rc = count_in(mb, flags);
-  if (rc == 0) {
-    push_top(mb, node);
+  int rc = room(mb, flags);
+  if (rc == 0)
+    rc = push_top(mb, node);
+  if (rc == 0)
     maybe_wake(mb, wake, wake_ctx);
-  }
   return rc;
-}
-
-int ax__mailbox_reserve(ax_mailbox_t *mb, unsigned flags) {
-  return count_in(mb, flags);
-}
-
-void ax__mailbox_commit(ax_mailbox_t *mb, ax_mbnode_t *node) {
-  ax_mailbox_wake_fn wake = mb->wake; /* see ax_mailbox_push() */
-  void *wake_ctx = mb->wake_ctx;
-  push_top(mb, node);
-  maybe_wake(mb, wake, wake_ctx);
 }
 
 /* ---- the consumer ------------------------------------------------------- */
@@ -269,9 +274,9 @@ void ax__mailbox_commit(ax_mailbox_t *mb, ax_mbnode_t *node) {
 /* Subtract the pops made since the last call from the depth. */
 static void publish_pops(ax_mailbox_t *mb) {
   if (mb->unpublished) {
-    /* Atomic with count_in() and the close; orders nothing else (the nodes
+    /* Atomic with the producers' add; orders nothing else (the nodes
      * were taken out by the consumer alone). */
-    ck_pr_sub_64(&mb->count, mb->unpublished);
+    ck_pr_sub_64((uint64_t *)&mb->count, mb->unpublished);
     mb->unpublished = 0;
   }
 }
@@ -281,13 +286,15 @@ static void publish_pops(ax_mailbox_t *mb) {
 static bool take(ax_mailbox_t *mb) {
   /* A plain look first: an empty mailbox costs no RMW on the producers'
    * line (the consumer polls it every loop iteration). */
-  if (!ck_pr_load_ptr(&mb->top))
+  if (!strip(ck_pr_load_ptr(&mb->top)))
     return false;
   /* Detaches every pushed node at once. Pairs with the producers' CAS in
    * push_top(); the fence after it orders our reads of the nodes (links and
    * messages) after the take — acquire; a compiler barrier on x86, where
    * the exchange is a full barrier. */
-  ax_mbnode_t *n = ck_pr_fas_ptr(&mb->top, NULL), *fifo = NULL;
+  ax_mbnode_t *n = strip(ck_pr_fas_ptr(
+      &mb->top, (ax_mbnode_t *)(mb->closed ? CLOSED_BIT : 0)));
+  ax_mbnode_t *fifo = NULL;
   ck_pr_fence_atomic_load();
   unsigned i = 0;
   while (n && i < TAKE_VEC) { /* newest first */
@@ -306,14 +313,22 @@ static bool take(ax_mailbox_t *mb) {
   return i > 0;
 }
 
-void ax__mailbox_settle(ax_mailbox_t *mb) { publish_pops(mb); }
+size_t ax__mailbox_depth_exact(const ax_mailbox_t *mb) {
+  int64_t d = (int64_t)ck_pr_load_64((const uint64_t *)&mb->count) -
+              (int64_t)mb->unpublished;
+  return d > 0 ? (size_t)d : 0;
+}
+
+bool ax__mailbox_closed(const ax_mailbox_t *mb) {
+  return is_closed(ck_pr_load_ptr(&mb->top));
+}
 
 ax_mbnode_t *ax_mailbox_pop(ax_mailbox_t *mb) {
   if (!mb->first && !mb->vlen && !take(mb)) {
     /* Empty. Make the depth exact only if it is due anyway or the mailbox
-     * is closed (its drain waits for depth 0): a consumer that keeps up
+     * is closed (nothing will come: be exact): a consumer that keeps up
      * with its producers finds the mailbox empty after nearly every
-     * message, and an atomic on the producers' line each time would cost
+     * message, and an atomic on the count's line each time would cost
      * them a cache-line transfer per message. */
     if (mb->unpublished >= mb->pop_batch || mb->closed)
       publish_pops(mb);
@@ -334,7 +349,9 @@ ax_mbnode_t *ax_mailbox_pop(ax_mailbox_t *mb) {
 
 bool ax_mailbox_empty(const ax_mailbox_t *mb) {
   /* The top load pairs with the producers' CAS in push_top(). */
-  return !mb->first && !mb->vlen && !ck_pr_load_ptr(&mb->top);
+  if (mb->first || mb->vlen)
+    return false;
+  return !strip(ck_pr_load_ptr(&mb->top));
 }
 
 static uint64_t now_ns(void) {
@@ -384,18 +401,27 @@ bool ax_mailbox_sleep_finish(ax_mailbox_t *mb) {
 }
 
 void ax_mailbox_close(ax_mailbox_t *mb) {
-  if (!mb)
+  if (!mb || mb->closed)
     return;
-  publish_pops(mb);
   mb->closed = true;
-  /* Atomic with count_in(): every push either was counted before this OR
-   * (so a drain waiting for depth 0 sees its node) or is refused. */
-  ck_pr_or_64(&mb->count, CLOSED);
+  /* Set the mark on the top, keeping the nodes under it. A push is a CAS on
+   * the top: each one either landed before this CAS (its node is queued and
+   * will be popped) or sees the mark and is refused. Orders nothing else. */
+  ax_mbnode_t *top = ck_pr_load_ptr(&mb->top);
+  while (!ck_pr_cas_ptr_value(&mb->top, top,
+                              (ax_mbnode_t *)((uintptr_t)top | CLOSED_BIT),
+                              &top))
+    ;
+  publish_pops(mb);
 }
 
 size_t ax_mailbox_depth(const ax_mailbox_t *mb) {
-  return mb ? (size_t)(ck_pr_load_64(&mb->count) & DEPTH_MASK) : 0;
+  if (!mb)
+    return 0;
+  int64_t d = (int64_t)ck_pr_load_64((const uint64_t *)&mb->count);
+  return d > 0 ? (size_t)d : 0;
 }
+
 
 uint32_t ax_mailbox_capacity(const ax_mailbox_t *mb) {
   return mb ? mb->capacity : 0;
