@@ -14,14 +14,14 @@
  *
  * Why this structure: `make bench BENCH=mailbox_candidates`
  * (bench/xthread_cand.c: the consumer busy-polls, producers on CPU 1, the
- * consumer on CPU 0, this 2-core VM; msgs/s, one run, 2026-11-22; these
- * move by +-30 % between runs):
+ * consumer on CPU 0, this 2-core VM; msgs/s, medians of 3, 2026-11-22;
+ * figures move by +-30 % between runs here):
  *
  *   candidate                                     1 -> 1    2 -> 1
- *   axon: this file (bounded stack)                8.2 M     7.6 M
- *   exchange-based intrusive queue (Vyukov)       17.1 M    18.4 M
- *   Treiber stack, ck_stack, no bound             13.9 M    13.9 M
- *   ck_ring, ck's MPSC enqueue (reserve/commit)    4.1 M     0.51 M
+ *   axon: this file (bounded stack)                7.3 M     6.8 M
+ *   exchange-based intrusive queue (Vyukov)       14.6 M    18.9 M
+ *   Treiber stack, ck_stack, no bound             18.1 M    13.7 M
+ *   ck_ring, ck's MPSC enqueue (reserve/commit)    4.0 M     0.55 M
  *
  * The bare exchange queue and the bare stack are close; both are about
  * twice as fast as any bounded version we built, because the bound costs a
@@ -29,16 +29,16 @@
  * count runs at 14-19 M). We tried four ways to pay less: a CAS on the
  * count before the push (7-8 M), an exchange queue with that CAS (7.9 M),
  * the top and the count in one double-width CAS (6-7 M), and the count
- * after the push (this file, 8-10 M). We keep the stack over the exchange
- * queue because of what the bound needs around it: the stack publishes
+ * after the push (this file, 7-10 M across runs). We keep the stack over
+ * the exchange queue because of what the bound needs around it: it publishes
  * with one CAS that can also see the closed mark (the exchange queue's
  * exchange cannot refuse, so closing needs a reservation counted before
  * the push), and its consumer never finds a published node it cannot reach
  * (the exchange queue has a window between a producer's exchange and its
  * link). ck_ring's MPSC enqueue makes a producer wait for the commit of the
  * one before it: one preempted producer stalls the others for a time slice.
- * Through a loop (bench xthread_throughput) the queue is not the limit:
- * axon and libuv's mutex + uv_async move about the same 10-11 M msgs/s.
+ * Through a loop (bench xthread_throughput) axon and libuv's mutex +
+ * uv_async move about the same, 9-13 M msgs/s (0.8-1.2x across runs).
  *
  * Progress: a push is lock-free (its CAS fails only because another push,
  * a take or the close succeeded); a pop is wait-free. A node is visible to
