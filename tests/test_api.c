@@ -20,18 +20,6 @@
 
 /* ---- helpers ------------------------------------------------------------ */
 
-static int count_fds(void) {
-  DIR *d = opendir("/proc/self/fd");
-  assert_non_null(d);
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL)
-    if (e->d_name[0] != '.')
-      n++;
-  closedir(d);
-  return n;
-}
-
 /* Callbacks that only count: none may run after an error. */
 static int calls;
 static void c_io(ax_source_t *s, int fd, unsigned ev, void *d) {

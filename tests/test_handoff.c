@@ -86,25 +86,6 @@ static size_t scaled(size_t n) {
   return n;
 }
 
-static ax_loop_t *loop_new(ax_backend_t be, bool persistent, uint32_t cap) {
-  ax_loop_options_t o;
-  ax_loop_options_init(&o);
-  o.backend = be;
-  o.persistent = persistent;
-  o.post_capacity = cap;
-  ax_loop_t *loop = NULL;
-  int rc = ax_loop_new(&o, &loop);
-  if (rc != 0)
-    fail_msg("ax_loop_new: %s", ax_strerror(rc));
-  return loop;
-}
-
-static ax_loop_info_t info_of(const ax_loop_t *loop) {
-  ax_loop_info_t info;
-  assert_int_equal(ax_loop_info(loop, &info), 0);
-  return info;
-}
-
 static bool fd_open(int fd) { return fcntl(fd, F_GETFD) != -1; }
 
 static bool fd_closed(int fd) {
@@ -301,7 +282,7 @@ static void test_basic(void **state) {
   (void)state;
   guard_start("test_basic", 60);
   ax_loop_t *a = ax_test_loop();
-  ax_loop_t *b = loop_new(ax_test_backend, true, 0);
+  ax_loop_t *b = ax_test_loop_opts(ax_test_backend, 0, 0, true);
   int sv[2];
   sp_new(sv);
   irec_t r = {.drain = true};
@@ -1065,7 +1046,7 @@ static void test_other_in_batch(void **state) {
   (void)state;
   guard_start("test_other_in_batch", 60);
   ax_loop_t *a = ax_test_loop();
-  ax_loop_t *b = loop_new(ax_test_backend, true, 0);
+  ax_loop_t *b = ax_test_loop_opts(ax_test_backend, 0, 0, true);
   lthr_t tb;
   lthr_start(&tb, b, 1);
   int sv[2][2];
@@ -1211,7 +1192,7 @@ static void test_fan_in(void **state) {
   guard_start("test_fan_in", 60);
   static fan_slot_t slots[FAN_SENDERS][FAN_PER];
   atomic_int adopted = 0, failed = 0, io_total = 0, bad = 0;
-  ax_loop_t *b = loop_new(ax_test_backend, true, 0);
+  ax_loop_t *b = ax_test_loop_opts(ax_test_backend, 0, 0, true);
   ax_loop_t *a[FAN_SENDERS];
   for (int k = 0; k < FAN_SENDERS; k++) {
     a[k] = ax_test_loop();
@@ -1294,7 +1275,7 @@ static void test_dest_freed(void **state) {
   /* v 0: B never runs; 1: B ran on a thread that has stopped */
   for (int v = 0; v < 2; v++) {
     ax_loop_t *a = ax_test_loop();
-    ax_loop_t *b = loop_new(ax_test_backend, v == 1, 0);
+    ax_loop_t *b = ax_test_loop_opts(ax_test_backend, 0, 0, v == 1);
     if (v == 1) {
       lthr_t tb;
       lthr_start(&tb, b, 1);
@@ -1335,7 +1316,7 @@ static void test_dest_freed(void **state) {
   int adopted = 0, cancelled = 0;
   ax_loop_t *a = ax_test_loop();
   for (int round = 0; round < 40; round++) {
-    ax_loop_t *b = loop_new(ax_test_backend, true, 0);
+    ax_loop_t *b = ax_test_loop_opts(ax_test_backend, 0, 0, true);
     lthr_t tb;
     lthr_start(&tb, b, 1);
     int sv[2];
@@ -1462,7 +1443,7 @@ static void count_post(void *arg) { ++*(int *)arg; }
 static void test_dest_full(void **state) {
   (void)state;
   ax_loop_t *a = ax_test_loop();
-  ax_loop_t *b = loop_new(ax_test_backend, false, 4);
+  ax_loop_t *b = ax_test_loop_opts(ax_test_backend, 4, 0, false);
   int ran = 0;
   for (int i = 0; i < 4; i++)
     assert_int_equal(ax_loop_post(b, count_post, &ran), 0);

@@ -57,27 +57,6 @@ static bool under_san(void) { return AX_SAN[0] != '\0'; }
  */
 static uint64_t scaled(uint64_t n) { return under_san() ? n / 4 : n; }
 
-static ax_loop_t *mkloop(ax_backend_t be, uint32_t cap, uint32_t spin_ns,
-                         bool persistent) {
-  ax_loop_options_t o;
-  ax_loop_options_init(&o);
-  o.backend = be;
-  o.post_capacity = cap;
-  o.spin_ns = spin_ns;
-  o.persistent = persistent;
-  ax_loop_t *loop = NULL;
-  int rc = ax_loop_new(&o, &loop);
-  if (rc != 0)
-    fail_msg("ax_loop_new: %s", ax_strerror(rc));
-  return loop;
-}
-
-static ax_loop_info_t info_of(const ax_loop_t *loop) {
-  ax_loop_info_t info;
-  assert_int_equal(ax_loop_info(loop, &info), 0);
-  return info;
-}
-
 static void sleep_us(long us) {
   struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
   nanosleep(&ts, NULL);
@@ -130,17 +109,6 @@ static void assert_rec(int n) {
 
 /* ---- arguments, options, info -------------------------------------------- */
 
-static int count_fds(void) {
-  DIR *d = opendir("/proc/self/fd");
-  assert_non_null(d);
-  int n = 0;
-  struct dirent *e;
-  while ((e = readdir(d)) != NULL)
-    n += e->d_name[0] != '.';
-  closedir(d);
-  return n;
-}
-
 static void test_args(void **state) {
   (void)state;
   ax_loop_options_t o;
@@ -190,7 +158,7 @@ static void test_args(void **state) {
   /* Every new option is accepted. */
   static const uint32_t caps[] = {1, 2, 1000, 1u << 20, AX_MAILBOX_UNBOUNDED};
   for (size_t i = 0; i < sizeof caps / sizeof caps[0]; i++) {
-    loop = mkloop(AX_BACKEND_EPOLL, caps[i], 1000, i % 2 == 0);
+    loop = ax_test_loop_opts(AX_BACKEND_EPOLL, caps[i], 1000, i % 2 == 0);
     assert_int_equal(ax_loop_alive(loop), i % 2 == 0);
     AX_FREE_LOOP(loop);
   }
@@ -452,7 +420,7 @@ static void wait_count(atomic_int *c, int n) {
  * thread; from its own callback a stop ends the iteration. */
 static void test_persistent(void **state) {
   (void)state;
-  ax_loop_t *loop = mkloop(AX_BACKEND_EPOLL, 0, 0, true);
+  ax_loop_t *loop = ax_test_loop_opts(AX_BACKEND_EPOLL, 0, 0, true);
   assert_true(ax_loop_alive(loop));
   atomic_store(&counter, 0);
   guard_start("persistent loop", 60);
@@ -519,7 +487,7 @@ static void test_stop_blocked(void **state) {
   guard_start("stop from another thread", 120);
   for (int kind = 0; kind < 2; kind++) {
     for (size_t k = 0; k < sizeof delay_us / sizeof delay_us[0]; k++) {
-      ax_loop_t *loop = mkloop(ax_test_backend, 0, 0, kind == 1);
+      ax_loop_t *loop = ax_test_loop_opts(ax_test_backend, 0, 0, kind == 1);
       bool fired = false;
       ax_source_t *t = NULL;
       if (kind == 0) {
@@ -679,7 +647,7 @@ static void test_busy_loop_no_wakes(void **state) {
 
 static void test_post_capacity(void **state) {
   (void)state;
-  ax_loop_t *loop = mkloop(AX_BACKEND_EPOLL, 4, 0, false);
+  ax_loop_t *loop = ax_test_loop_opts(AX_BACKEND_EPOLL, 4, 0, false);
   rec_reset(loop);
   bool fired = false;
   ax_source_t *t = NULL;
@@ -726,7 +694,7 @@ static void test_post_capacity(void **state) {
   AX_FREE_LOOP(loop);
 
   /* Capacity 1. */
-  loop = mkloop(AX_BACKEND_EPOLL, 1, 0, false);
+  loop = ax_test_loop_opts(AX_BACKEND_EPOLL, 1, 0, false);
   rec_reset(loop);
   assert_int_equal(ax_loop_post(loop, rec_fn, (void *)0), 0);
   assert_int_equal(ax_loop_post(loop, rec_fn, (void *)1), -EAGAIN);
@@ -738,7 +706,7 @@ static void test_post_capacity(void **state) {
   AX_FREE_LOOP(loop);
 
   /* Unbounded. */
-  loop = mkloop(AX_BACKEND_EPOLL, AX_MAILBOX_UNBOUNDED, 0, false);
+  loop = ax_test_loop_opts(AX_BACKEND_EPOLL, AX_MAILBOX_UNBOUNDED, 0, false);
   rec_reset(loop);
   for (int v = 0; v < 3000; v++)
     assert_int_equal(ax_loop_post(loop, rec_fn, (void *)(intptr_t)v), 0);
@@ -1042,7 +1010,7 @@ static void stress_check(stress_t *st, const char *what, uint64_t ms) {
  * returned through the producer's own mailbox. */
 static void test_stress_post_node(void **state) {
   (void)state;
-  ax_loop_t *loop = mkloop(AX_BACKEND_EPOLL, 0, 0, true);
+  ax_loop_t *loop = ax_test_loop_opts(AX_BACKEND_EPOLL, 0, 0, true);
   stress_t *st = calloc(1, sizeof *st);
   assert_non_null(st);
   stress_setup(st, loop, scaled(1000000));
@@ -1117,7 +1085,7 @@ static void *spost_main(void *arg) {
  * of 256 makes them retry on -EAGAIN. */
 static void test_stress_post_malloc(void **state) {
   (void)state;
-  ax_loop_t *loop = mkloop(AX_BACKEND_EPOLL, 256, 0, true);
+  ax_loop_t *loop = ax_test_loop_opts(AX_BACKEND_EPOLL, 256, 0, true);
   stress_t *st = calloc(1, sizeof *st);
   assert_non_null(st);
   stress_setup(st, loop, scaled(500000));
@@ -1268,8 +1236,8 @@ static void pingpong_ex(ax_backend_t be, uint64_t n, uint32_t spin_ns,
                         bool busy_fd) {
   ball_t *b = calloc(1, sizeof *b);
   assert_non_null(b);
-  b->loops[0] = mkloop(be, 0, spin_ns, true);
-  b->loops[1] = mkloop(be, 0, busy_fd ? 0 : spin_ns, true);
+  b->loops[0] = ax_test_loop_opts(be, 0, spin_ns, true);
+  b->loops[1] = ax_test_loop_opts(be, 0, busy_fd ? 0 : spin_ns, true);
   int sv[2] = {-1, -1};
   ax_source_t *io = NULL;
   if (busy_fd) {
@@ -1449,7 +1417,7 @@ static void test_stop_races_posts(void **state) {
   for (int round = 0; round < 10; round++) {
     sr_t *sr = calloc(1, sizeof *sr);
     assert_non_null(sr);
-    sr->loop = mkloop(AX_BACKEND_EPOLL, 0, 0, true);
+    sr->loop = ax_test_loop_opts(AX_BACKEND_EPOLL, 0, 0, true);
     sr->per = per;
     for (int p = 0; p < SR_PROD; p++) {
       sr->msgs[p] = calloc(per, sizeof(sr_msg_t));

@@ -21,6 +21,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -306,6 +307,39 @@ static inline bool is_blocked(int signo) {
   sigset_t cur;
   pthread_sigmask(SIG_BLOCK, NULL, &cur);
   return sigismember(&cur, signo) == 1;
+}
+
+/* A loop on @be with the cross-thread options; fails the test on error. */
+static inline ax_loop_t *ax_test_loop_opts(ax_backend_t be, uint32_t cap,
+                                           uint32_t spin_ns, bool persistent) {
+  ax_loop_options_t o;
+  ax_loop_options_init(&o);
+  o.backend = be;
+  o.post_capacity = cap;
+  o.spin_ns = spin_ns;
+  o.persistent = persistent;
+  ax_loop_t *loop = NULL;
+  int rc = ax_loop_new(&o, &loop);
+  if (rc != 0)
+    fail_msg("ax_loop_new: %s", ax_strerror(rc));
+  return loop;
+}
+
+static inline ax_loop_info_t info_of(const ax_loop_t *loop) {
+  ax_loop_info_t info;
+  assert_int_equal(ax_loop_info(loop, &info), 0);
+  return info;
+}
+
+/* Open file descriptors of this process. */
+static inline int count_fds(void) {
+  int n = 0;
+  DIR *d = opendir("/proc/self/fd");
+  assert_non_null(d);
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    n += e->d_name[0] != '.';
+  closedir(d);
+  return n;
 }
 
 #endif /* AXON_TESTUTIL_H */
