@@ -231,7 +231,7 @@ static void maybe_wake(ax_mailbox_t *mb, ax_mailbox_wake_fn wake,
  * count's add finds its line at hand.
  */
 static int push_top(ax_mailbox_t *mb, ax_mbnode_t *node) {
-  ax_mbnode_t *top = ck_pr_load_ptr(&mb->top);
+  ax_mbnode_t *top = ck_pr_load_ptr(&mb->top); /* a guess; the CAS checks */
   for (;;) {
     if (is_closed(top))
       return -ESHUTDOWN;
@@ -314,12 +314,16 @@ static bool take(ax_mailbox_t *mb) {
 }
 
 size_t ax__mailbox_depth_exact(const ax_mailbox_t *mb) {
+  /* A snapshot of the count (producers add to it concurrently); orders
+   * nothing. */
   int64_t d = (int64_t)ck_pr_load_64((const uint64_t *)&mb->count) -
               (int64_t)mb->unpublished;
   return d > 0 ? (size_t)d : 0;
 }
 
 bool ax__mailbox_closed(const ax_mailbox_t *mb) {
+  /* A snapshot of the mark; orders nothing (the push that follows sees the
+   * mark itself, in its CAS, if a close came in between). */
   return is_closed(ck_pr_load_ptr(&mb->top));
 }
 
@@ -418,15 +422,16 @@ void ax_mailbox_close(ax_mailbox_t *mb) {
 size_t ax_mailbox_depth(const ax_mailbox_t *mb) {
   if (!mb)
     return 0;
+  /* A snapshot; orders nothing. Below 0 for an instant when a node was
+   * popped before its producer counted it. */
   int64_t d = (int64_t)ck_pr_load_64((const uint64_t *)&mb->count);
   return d > 0 ? (size_t)d : 0;
 }
-
 
 uint32_t ax_mailbox_capacity(const ax_mailbox_t *mb) {
   return mb ? mb->capacity : 0;
 }
 
 uint64_t ax_mailbox_wakes(const ax_mailbox_t *mb) {
-  return mb ? ck_pr_load_64(&mb->wakes) : 0;
+  return mb ? ck_pr_load_64(&mb->wakes) : 0; /* a snapshot */
 }
