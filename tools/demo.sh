@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 build=${1:-build}
 ex=$build/examples
-for name in timers stdin echo_reactor fswatch; do
+for name in timers stdin echo_reactor echo_threads fswatch; do
   [[ -x $ex/$name ]] || { echo "demo: $ex/$name is missing; run make first" >&2; exit 1; }
 done
 
@@ -56,6 +56,26 @@ kill -TERM "$echo_pid"
 status=0
 wait "$echo_pid" || status=$?
 echo "SIGTERM: echo_reactor exited with status $status"
+pids=()
+
+section "echo_threads: an acceptor loop hands each connection to a worker loop"
+"$ex/echo_threads" --port 0 --workers 2 >"$tmp/threads.out" &
+echo_pid=$!
+pids+=("$echo_pid")
+wait_for "$tmp/threads.out" '^listening on '
+port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$tmp/threads.out")
+for i in 1 2 3 4; do
+  exec 3<>"/dev/tcp/127.0.0.1/$port"
+  printf 'connection %d\n' "$i" >&3
+  IFS= read -r -t 5 reply <&3
+  printf 'sent "connection %d", got back "%s"\n' "$i" "$reply"
+  exec 3>&-
+done
+kill -TERM "$echo_pid"
+status=0
+wait "$echo_pid" || status=$?
+sed -n 's/^worker/  worker/p' "$tmp/threads.out"
+echo "SIGTERM: echo_threads exited with status $status"
 pids=()
 
 section "fswatch: changes in a watched directory"
