@@ -242,11 +242,10 @@ struct ax_loop {
   size_t nwds, wdcap;
 
   /* Cross-thread traffic (post.c). Other threads touch only mb (through
-   * its thread-safe functions), post_efd (fixed before the loop is shared)
-   * and stop_posted/stop_post (atomically). */
+   * its thread-safe functions, which write the eventfd whose number is the
+   * mailbox's wake argument) and stop_posted/stop_post (atomically). */
   ax_mailbox_t *mb;
-  struct ax__io *post_io;  /* internal watcher of post_efd */
-  int post_efd;            /* eventfd written by posters to wake the loop */
+  struct ax__io *post_io;  /* the eventfd posters write to wake the loop */
   unsigned stop_posted;    /* 1 while stop_post is in the mailbox */
   ax_post_t stop_post;     /* the loop's own stop message: never allocated */
   uint32_t spin_ns;

@@ -10,7 +10,6 @@
  * call a post can cost.
  */
 #include <stdlib.h>
-#include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -63,17 +62,16 @@ static void mailbox_wake(void *ctx) {
  * counter need not be reset: that saves a read(), a system call per wake.
  * Level-triggered backends must read it, or it would stay ready. */
 static void efd_readable(ax_loop_t *loop, struct ax__io *io, unsigned revents) {
+  (void)loop;
   (void)revents;
   if (io->events & AX_IO_EDGE)
     return;
-  (void)loop;
   uint64_t count;
   while (read(io->fd, &count, sizeof count) < 0 && errno == EINTR)
     ;
 }
 
 int ax__post_init(ax_loop_t *loop, const ax_loop_options_t *o) {
-  loop->post_efd = -1;
   loop->spin_ns = o->spin_ns;
   loop->persistent = o->persistent;
   loop->stop_post.fn = run_stop;
@@ -85,7 +83,6 @@ int ax__post_init(ax_loop_t *loop, const ax_loop_options_t *o) {
     close(fd);
     return rc;
   }
-  loop->post_efd = fd;
   /* Edge-triggered if possible (see efd_readable). A counter that is never
    * read saturates only after 2^64 - 2 wakes. */
   if (loop->be->edge &&
@@ -121,7 +118,6 @@ void ax__post_fini(ax_loop_t *loop) {
   if (loop->post_io) {
     ax__source_destroy(&loop->post_io->h); /* closes the eventfd */
     loop->post_io = NULL;
-    loop->post_efd = -1;
   }
 }
 
