@@ -14,8 +14,8 @@
  * in the order of their atomic publication (a CAS on the top of a stack
  * that the consumer takes whole and pops in push order).
  *
- * Threads: ax_mailbox_push(), ax_mailbox_depth() and ax_mailbox_wakes() are
- * thread-safe. Everything else is for the single consumer thread (or for
+ * Threads: ax_mailbox_push(), ax_mailbox_depth(), ax_mailbox_capacity() and
+ * ax_mailbox_wakes() are thread-safe. Everything else is for the single consumer thread (or for
  * whoever owns the mailbox when no other thread can reach it: new, free).
  *
  * Bound policy: a mailbox has a capacity (options.capacity). A push that
