@@ -29,17 +29,9 @@
 
 extern char **environ;
 
+/* The backend under test; ax_test_backend is epoll for the default run. */
 static const char *backend_name(void) {
-  switch (ax_test_backend) {
-  case AX_BACKEND_POLL:
-    return "poll";
-  case AX_BACKEND_SELECT:
-    return "select";
-  case AX_BACKEND_URING:
-    return "io_uring";
-  default:
-    return "epoll";
-  }
+  return ax_test_backend_name(ax_test_backend);
 }
 
 /* mono_ms() as a signed value, for deadline arithmetic. */
@@ -269,17 +261,23 @@ static void child_read_all(struct child *c, int timeout_ms) {
 /* Echo server and clients                                                   */
 /* ------------------------------------------------------------------------ */
 
-static struct child *start_echo(rlim_t nofile, unsigned *port) {
-  char *argv[] = {EXAMPLE("echo_reactor"), "--port", "0", "--backend",
-                  (char *)backend_name(),  NULL};
+/* Start an echo server example (@argv ends with NULL) and read its port
+ * from the "listening on" line every echo example prints. */
+static struct child *start_server(char **argv, rlim_t nofile, unsigned *port) {
   struct child *c = spawn(argv, "/dev/null", NULL, nofile);
   char line[128];
   child_line(c, line, sizeof line, 10000);
   int used = 0;
   if (sscanf(line, "listening on 127.0.0.1:%u%n", port, &used) != 1 || line[used] != 0 ||
       *port == 0)
-    fail_msg("unexpected first line from echo_reactor: \"%s\"", line);
+    fail_msg("unexpected first line from %s: \"%s\"", argv[0], line);
   return c;
+}
+
+static struct child *start_echo(rlim_t nofile, unsigned *port) {
+  char *argv[] = {EXAMPLE("echo_reactor"), "--port", "0", "--backend",
+                  (char *)backend_name(),  NULL};
+  return start_server(argv, nofile, port);
 }
 
 /* SIGTERM (or @signo) must end the server with status 0 within 10 s. */
@@ -582,14 +580,11 @@ static void test_echo_reset(void **state) {
   stop_echo(srv, SIGTERM);
 }
 
-/* SIGINT with connections open and data pending: exit 0 (and, under ASan,
- * no leak: every connection is freed). */
-static void test_echo_sigint(void **state) {
-  (void)state;
-  unsigned port;
-  struct child *srv = start_echo(0, &port);
-  clients_make(3, 200 * 1024, 200 * 1024, 7, 0);
-  for (size_t i = 0; i < 3; i++) {
+/* @n clients connect and send one chunk of 200 KiB they never read back,
+ * so the server holds connections with data pending; waits 200 ms. */
+static void clients_pending(unsigned port, size_t n, uint64_t seed) {
+  clients_make(n, 200 * 1024, 200 * 1024, seed, 0);
+  for (size_t i = 0; i < n; i++) {
     g_clients[i].fd = connect_nb(port);
     struct pollfd p = {.fd = g_clients[i].fd, .events = POLLOUT};
     assert_int_equal(poll(&p, 1, 5000), 1);
@@ -597,6 +592,15 @@ static void test_echo_sigint(void **state) {
     client_send(&g_clients[i], i);
   }
   sleep_ms(200);
+}
+
+/* SIGINT with connections open and data pending: exit 0 (and, under ASan,
+ * no leak: every connection is freed). */
+static void test_echo_sigint(void **state) {
+  (void)state;
+  unsigned port;
+  struct child *srv = start_echo(0, &port);
+  clients_pending(port, 3, 7);
   stop_echo(srv, SIGINT);
   clients_free();
 }
@@ -940,14 +944,7 @@ static void test_fswatch_dir(void **state) {
 static struct child *start_echo_threads(unsigned *port) {
   char *argv[] = {EXAMPLE("echo_threads"), "--port",    "0", "--workers", "3",
                   "--backend",             (char *)backend_name(), NULL};
-  struct child *c = spawn(argv, "/dev/null", NULL, 0);
-  char line[128];
-  child_line(c, line, sizeof line, 10000);
-  int used = 0;
-  if (sscanf(line, "listening on 127.0.0.1:%u%n", port, &used) != 1 || line[used] != 0 ||
-      *port == 0)
-    fail_msg("unexpected first line from echo_threads: \"%s\"", line);
-  return c;
+  return start_server(argv, 0, port);
 }
 
 /* After SIGTERM: one "worker i: N connections" line per worker; every
@@ -985,15 +982,7 @@ static void test_threads_sigint(void **state) {
   (void)state;
   unsigned port;
   struct child *srv = start_echo_threads(&port);
-  clients_make(4, 200 * 1024, 200 * 1024, 11, 0);
-  for (size_t i = 0; i < 4; i++) {
-    g_clients[i].fd = connect_nb(port);
-    struct pollfd p = {.fd = g_clients[i].fd, .events = POLLOUT};
-    assert_int_equal(poll(&p, 1, 5000), 1);
-    g_clients[i].connected = true;
-    client_send(&g_clients[i], i);
-  }
-  sleep_ms(200);
+  clients_pending(port, 4, 11);
   assert_int_equal(kill(srv->pid, SIGINT), 0);
   expect_worker_lines(srv, 4);
   child_expect_exit0(srv, 10000);

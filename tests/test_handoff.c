@@ -828,21 +828,6 @@ static void *writer_main(void *arg) {
   return NULL;
 }
 
-static const char *be_name(ax_backend_t be) {
-  switch (be) {
-  case AX_BACKEND_EPOLL:
-    return "epoll";
-  case AX_BACKEND_POLL:
-    return "poll";
-  case AX_BACKEND_SELECT:
-    return "select";
-  case AX_BACKEND_URING:
-    return "io_uring";
-  default:
-    return "?";
-  }
-}
-
 /* True if an io_uring loop really gets io_uring (quietly). */
 static bool uring_ok(void) {
   static int ok = -1;
@@ -866,7 +851,7 @@ static bool uring_ok(void) {
  * group's (level only: poll and select have no edge mode). @spin_ns: the
  * loops busy-wait that long for a message before blocking. */
 static void run_traffic(bool edge, bool tcp, bool mixed, uint32_t spin_ns) {
-  const char *be = be_name(ax_test_backend);
+  const char *be = ax_test_backend_name(ax_test_backend);
   if (edge && !edge_backend()) {
     printf("  (%s: no edge-triggered mode; covered by level)\n", be);
     return;
@@ -884,7 +869,7 @@ static void run_traffic(bool edge, bool tcp, bool mixed, uint32_t spin_ns) {
       bes[i] = mixed ? all[(g + i) % n] : ax_test_backend;
       if (mixed)
         snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s",
-                 i ? "+" : "", be_name(bes[i]));
+                 i ? "+" : "", ax_test_backend_name(bes[i]));
     }
     if (mixed)
       be = names;

@@ -309,6 +309,22 @@ static inline bool is_blocked(int signo) {
   return sigismember(&cur, signo) == 1;
 }
 
+/* The name $AXON_BACKEND and ax_loop_backend() use for @be. */
+static inline const char *ax_test_backend_name(ax_backend_t be) {
+  switch (be) {
+  case AX_BACKEND_EPOLL:
+    return "epoll";
+  case AX_BACKEND_POLL:
+    return "poll";
+  case AX_BACKEND_SELECT:
+    return "select";
+  case AX_BACKEND_URING:
+    return "io_uring";
+  default:
+    return "auto";
+  }
+}
+
 /* A loop on @be with the cross-thread options; fails the test on error. */
 static inline ax_loop_t *ax_test_loop_opts(ax_backend_t be, uint32_t cap,
                                            uint32_t spin_ns, bool persistent) {
