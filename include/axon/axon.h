@@ -9,5 +9,7 @@
 #include <axon/error.h>
 #include <axon/mailbox.h>
 #include <axon/loop.h>
+#include <axon/buf.h>
+#include <axon/proactor.h>
 
 #endif /* AXON_AXON_H */

@@ -24,6 +24,7 @@ extern "C" {
 #define AX_EFDTOOBIG (-20002)    /* fd number beyond the backend's limit */
 #define AX_ECORRUPT (-20003)     /* ax_loop_verify found a broken invariant */
 #define AX_EKIND (-20004)        /* call made on a source of another kind */
+#define AX_EOF (-20005)          /* end of stream: the peer closed its side */
 
 /*
  * The one list every error description comes from: X(name, message).
@@ -68,6 +69,15 @@ extern "C" {
   X(ENOTSOCK, -ENOTSOCK, "socket operation on non-socket")                     \
   X(EALREADY, -EALREADY, "operation already in progress")                      \
   X(ESHUTDOWN, -ESHUTDOWN, "destination is shut down (loop or mailbox closed)") \
+  X(ENOBUFS, -ENOBUFS, "no buffer space available (queue limit reached)")       \
+  X(EMSGSIZE, -EMSGSIZE, "message too long")                                   \
+  X(EPROTO, -EPROTO, "protocol error (malformed data from the peer)")         \
+  X(ECONNABORTED, -ECONNABORTED, "connection aborted")                         \
+  X(EINPROGRESS, -EINPROGRESS, "operation now in progress")                    \
+  X(ENETUNREACH, -ENETUNREACH, "network is unreachable")                       \
+  X(EHOSTUNREACH, -EHOSTUNREACH, "no route to host")                           \
+  X(EAFNOSUPPORT, -EAFNOSUPPORT, "address family not supported")               \
+  X(EDESTADDRREQ, -EDESTADDRREQ, "destination address required")               \
   X(ENOTPOLLABLE, AX_ENOTPOLLABLE,                                             \
     "this backend cannot watch the fd's type (epoll refuses regular files "    \
     "and directories; use the poll or select backend, or file I/O)")           \
@@ -75,7 +85,8 @@ extern "C" {
     "fd number too large for this backend (select handles fds below "          \
     "FD_SETSIZE only; use epoll or poll)")                                     \
   X(ECORRUPT, AX_ECORRUPT, "internal structure check failed")                  \
-  X(EKIND, AX_EKIND, "function does not apply to this kind of source")
+  X(EKIND, AX_EKIND, "function does not apply to this kind of source")         \
+  X(EOF, AX_EOF, "end of stream (the peer closed its side)")
 
 /**
  * ax_strerror() - describe an error code.

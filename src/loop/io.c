@@ -244,3 +244,16 @@ void ax__io_dispatch(ax_loop_t *loop) {
     io_call(loop, io, revents);
   }
 }
+
+/* Native completions, in the order the kernel posted them. A callback may
+ * submit more operations; their completions are reaped by the next wait, so
+ * the array does not grow under this loop. */
+void ax__ucq_dispatch(ax_loop_t *loop) {
+  size_t n = loop->nucq;
+  loop->nucq = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct ax__ucqe c = loop->ucq[i];
+    loop->stats.io_events++;
+    c.op->done(loop, c.op, c.res, c.flags);
+  }
+}

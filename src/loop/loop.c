@@ -203,6 +203,9 @@ int ax_loop_free(ax_loop_t *loop) {
   /* First the mailbox: queued posts run while every source still exists;
    * queued handoffs close their fds. */
   ax__post_fini(loop);
+  /* Then the proactor, while the sources it uses still exist. */
+  if (loop->px_fini)
+    loop->px_fini(loop);
   /* Only sources holding more than their slab slot (fds, registrations,
    * paths) need a visit; timers, dates and defers go with their chunks, so
    * freeing a loop with 10 M timers costs O(chunks), not O(timers). */
@@ -217,6 +220,8 @@ int ax_loop_free(ax_loop_t *loop) {
   ax__slab_release_all(loop);
   ax__free(loop, loop->fdtab);
   ax__free(loop, loop->ev);
+  if (loop->ucq)
+    ax__free(loop, loop->ucq);
   ax_allocator_t a = loop->alloc;
   a.free(loop, a.ctx);
   return 0;
@@ -225,7 +230,7 @@ int ax_loop_free(ax_loop_t *loop) {
 /* ---- running ------------------------------------------------------------ */
 
 bool ax_loop_alive(const ax_loop_t *loop) {
-  return loop && (loop->nrefd > 0 || loop->persistent ||
+  return loop && (loop->nrefd > 0 || loop->holds > 0 || loop->persistent ||
                   ax__posts_pending(loop));
 }
 
@@ -277,8 +282,10 @@ static int iterate(ax_loop_t *loop, ax_run_mode_t mode) {
   if (slept)
     ax__posts_awake(loop);
   ax_loop_update_time(loop);
-  if (rc == 0)
+  if (rc == 0) {
     ax__io_dispatch(loop);
+    ax__ucq_dispatch(loop);
+  }
   ax__posts_run(loop);
   ax__timers_run(loop);
   ax__dates_run(loop);

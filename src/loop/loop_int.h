@@ -261,10 +261,65 @@ struct ax_loop {
   bool clock_dirty;        /* re-evaluate date timers without blocking */
 
   size_t nactive, nrefd;
+  size_t holds;            /* operations of higher layers that keep the
+                              loop alive (ax__loop_hold) */
+
+  /* The proactor's per-loop state (src/proactor), created on first use;
+   * px_fini frees it from ax_loop_free, after the mailbox is drained and
+   * before the sources go. The loop knows nothing else of it. */
+  void *px;
+  void (*px_fini)(ax_loop_t *loop);
+
+  /* Completions of native io_uring operations (ax__uop), reaped by the
+   * backend's wait and dispatched after readiness events. */
+  struct ax__ucqe *ucq;
+  size_t nucq, ucqcap;
+
   ax_backend_t requested;
   char fallback[160];
   ax_loop_info_t stats;    /* counters only; the rest is filled on demand */
 };
+
+/* ---- native io_uring operations (for src/proactor) --------------------- */
+
+/*
+ * An operation a higher layer submits to the loop's ring itself (recv, send,
+ * accept, splice, read, write, cancel...). Embed it; @done runs once per
+ * completion on the loop's thread, from the I/O phase, never from inside
+ * the backend: @flags are the CQE's (IORING_CQE_F_MORE: more will come for
+ * a multishot operation; IORING_CQE_F_BUFFER: buffer id in flags >> 16).
+ */
+struct ax__uop {
+  void (*done)(ax_loop_t *loop, struct ax__uop *op, int res, uint32_t flags);
+};
+
+struct ax__ucqe {
+  struct ax__uop *op;
+  int res;
+  uint32_t flags;
+};
+
+/* Run the completions reaped by the last wait (io.c). */
+void ax__ucq_dispatch(ax_loop_t *loop);
+
+#ifdef AX_HAVE_URING
+struct io_uring;
+struct io_uring_sqe;
+/* The loop's ring when its backend is io_uring, else NULL (uring.c). */
+struct io_uring *ax__uring(ax_loop_t *loop);
+/* An SQE whose completion will reach @op->done, or NULL when the loop is
+ * not on io_uring or the SQ cannot be made room for (the caller falls back
+ * or reports -EBUSY). The caller fills it in (keeping its user_data). */
+struct io_uring_sqe *ax__uring_sqe(ax_loop_t *loop, struct ax__uop *op);
+#endif
+
+/* Keep the loop alive while a higher layer has work pending (file I/O on
+ * the pool, native operations). Loop thread only. */
+static inline void ax__loop_hold(ax_loop_t *loop) { loop->holds++; }
+static inline void ax__loop_release(ax_loop_t *loop) {
+  assert(loop->holds > 0);
+  loop->holds--;
+}
 
 /* ---- shared internal functions ----------------------------------------- */
 

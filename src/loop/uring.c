@@ -87,8 +87,13 @@ struct uring {
   int npend, pendcap; /* pendcap >= watched */
 };
 
+/* Polls carry 31 bits of the generation: the top bit of user_data marks a
+ * native operation of a higher layer (UD_NATIVE | struct ax__uop *). */
+#define UD_NATIVE (UINT64_C(1) << 63)
+#define GEN_MASK 0x7fffffffu
+
 static uint64_t ud_of(uint32_t gen, int fd) {
-  return (uint64_t)gen << 32 | (uint32_t)fd;
+  return (uint64_t)(gen & GEN_MASK) << 32 | (uint32_t)fd;
 }
 
 /* ---- ring set-up -------------------------------------------------------- */
@@ -377,15 +382,37 @@ static struct slot *slot_of(struct uring *u, uint64_t ud) {
   int fd = (int)(uint32_t)ud;
   if (ud == UD_REMOVE || fd < 0 || fd >= u->cap)
     return NULL;
-  if (u->slot[fd].gen != (uint32_t)(ud >> 32))
+  if ((u->slot[fd].gen & GEN_MASK) != (uint32_t)(ud >> 32))
     return NULL;
   return &u->slot[fd];
+}
+
+/* A native operation's completion: recorded here, dispatched by the loop
+ * core after the wait (ax__ucq_dispatch), so that no callback runs while
+ * the ring is being reaped. False (left in the CQ) if the record cannot be
+ * stored: the next wait tries again. */
+static bool native(ax_loop_t *loop, const struct io_uring_cqe *cqe) {
+  if (loop->nucq == loop->ucqcap) {
+    size_t ncap = loop->ucqcap ? loop->ucqcap * 2 : 256;
+    struct ax__ucqe *p = ax__realloc(loop, loop->ucq, ncap * sizeof(*p));
+    if (p == NULL)
+      return false;
+    loop->ucq = p;
+    loop->ucqcap = ncap;
+  }
+  loop->ucq[loop->nucq++] = (struct ax__ucqe){
+      .op = (struct ax__uop *)(uintptr_t)(cqe->user_data & ~UD_NATIVE),
+      .res = cqe->res,
+      .flags = cqe->flags};
+  return true;
 }
 
 /* Handle one completion. Returns false, leaving it in the ring, if it needs
  * an event and loop->ev is full (it cannot be while evcap >= watched). */
 static bool complete(ax_loop_t *loop, struct uring *u,
                      const struct io_uring_cqe *cqe) {
+  if (cqe->user_data != UD_REMOVE && (cqe->user_data & UD_NATIVE))
+    return native(loop, cqe);
   struct slot *s = slot_of(u, cqe->user_data);
   int fd = (int)(uint32_t)cqe->user_data;
   uint32_t r = 0;
@@ -479,6 +506,27 @@ static int uring_wait(ax_loop_t *loop, int timeout_ms) {
     return r;
   reap(loop, u);
   return 0;
+}
+
+/* ---- native operations (src/proactor) ----------------------------------- */
+
+struct io_uring *ax__uring(ax_loop_t *loop) {
+  if (loop->be != &ax__backend_uring)
+    return NULL;
+  return &((struct uring *)loop->be_data)->ring;
+}
+
+struct io_uring_sqe *ax__uring_sqe(ax_loop_t *loop, struct ax__uop *op) {
+  struct uring *u;
+  struct io_uring_sqe *sqe;
+  if (loop->be != &ax__backend_uring)
+    return NULL;
+  u = loop->be_data;
+  if (sq_reserve(u, 1) < 0)
+    return NULL;
+  sqe = io_uring_get_sqe(&u->ring);
+  io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | UD_NATIVE);
+  return sqe;
 }
 
 const struct ax__backend ax__backend_uring = {
