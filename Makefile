@@ -125,7 +125,7 @@ test: $(DEPS_OK)
 	@bash tools/run-tests.sh $(BUILD)
 endif
 
-bench: lib
+bench: lib examples tools
 	@bash tools/deps.sh bench
 	@$(MAKE) --no-print-directory -C bench BUILD=$(abspath $(BUILD)) CC=$(CC) \
 	  HAVE_URING=$(HAVE_URING)
