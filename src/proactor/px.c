@@ -36,12 +36,14 @@ struct ax__px *ax__px(ax_loop_t *loop) {
   ax__list_init(&px->streams);
   ax__list_init(&px->closing);
   ax__list_init(&px->done);
+  ax__list_init(&px->rdpend);
   ax__list_init(&px->listeners);
   ax__list_init(&px->udps);
   if (ax_defer_new(loop, reap, px, &px->reaper) < 0) {
     ax__free(loop, px);
     return NULL;
   }
+  px->sdrv = &ax__sdrv_rd;
   loop->px = px;
   loop->px_fini = px_fini;
   return px;
@@ -95,7 +97,8 @@ int ax__px_complete(struct ax__px *px, ax_stream_t *s, ax_write_cb cb,
 }
 
 /* Run what is owed, in order: write completions first (a stream's writes
- * complete before its close callback), then close callbacks. Work queued
+ * complete before its close callback), then read deliveries owed (frames
+ * held while reading was stopped, errors), then close callbacks. Work queued
  * by these callbacks runs in this same pass. */
 static void reap(ax_source_t *src, void *data) {
   struct ax__px *px = data;
@@ -111,13 +114,17 @@ static void reap(ax_source_t *src, void *data) {
       c.cb(c.s, c.status, c.ud);
       continue;
     }
+    if (!ax__list_empty(&px->rdpend)) {
+      ax__streams_deliver(px);
+      continue;
+    }
     if (!ax__list_empty(&px->done)) {
       ax_stream_t *s =
           ax__container_of(px->done.next, struct ax_stream, link);
       ax__list_unlink(&s->link);
       if (s->close_cb)
         s->close_cb(s, s->ud);
-      ax__free(px->loop, s);
+      ax__stream_free(s);
       continue;
     }
     break;
