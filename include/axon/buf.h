@@ -17,6 +17,11 @@
  * and a pooled buffer (from a loop's read pool) must be released on its
  * loop's thread, because its last release returns it to that pool.
  *
+ * Lifetime: a buffer allocated through a loop's hooks (ax_buf_new(loop),
+ * the loop's read pool, a pool made with that loop) must be released
+ * before the loop is freed; with @loop NULL (malloc) it may outlive any
+ * loop.
+ *
  * Errors: functions return 0 or a negative code (axon/error.h).
  */
 #ifndef AXON_BUF_H

@@ -234,7 +234,6 @@ AX_API int ax_stream_peername(const ax_stream_t *s, ax_addr_t *out);
 /** Counters of one stream. */
 typedef struct ax_stream_stats {
   uint64_t bytes_read, bytes_written;
-  uint64_t reads, writes; /* system calls or io_uring completions */
 } ax_stream_stats_t;
 AX_API int ax_stream_stats(const ax_stream_t *s, ax_stream_stats_t *out);
 
@@ -373,6 +372,8 @@ AX_API int ax_listener_new(ax_loop_t *loop, const ax_addr_t *addr,
                            void *ud, ax_listener_t **out);
 /** The bound address (the real port when 0 was asked). */
 AX_API int ax_listener_addr(const ax_listener_t *l, ax_addr_t *out);
+/** The listener's loop. */
+AX_API ax_loop_t *ax_listener_loop(const ax_listener_t *l);
 /** Pause and resume accepting (connections wait in the backlog). */
 AX_API int ax_listener_pause(ax_listener_t *l);
 AX_API int ax_listener_resume(ax_listener_t *l);
@@ -382,8 +383,9 @@ typedef struct ax_listener_stats {
   uint64_t accepted, shed, pauses;
 } ax_listener_stats_t;
 AX_API int ax_listener_stats(const ax_listener_t *l, ax_listener_stats_t *out);
-/** Close the listening socket; no callback runs after this returns. The
- *  memory goes at the end of the loop iteration. */
+/** Close the listening socket; no callback runs after this returns. May be
+ *  called from the accept callback (the rest of the batch is left in the
+ *  backlog, and closed with the socket). */
 AX_API void ax_listener_close(ax_listener_t *l);
 
 /* ------------------------------------------------------------------------ */
@@ -404,22 +406,29 @@ typedef void (*ax_udp_recv_cb)(ax_udp_t *u, int status, ax_slice_t *data,
  */
 AX_API int ax_udp_new(ax_loop_t *loop, const ax_addr_t *bind, void *ud,
                       ax_udp_t **out);
-/** Deliver datagrams to @cb (up to 64 KiB each; longer ones are truncated
- *  and reported with -EMSGSIZE). */
+/** Deliver datagrams to @cb (any size up to 64 KiB; each in its own
+ *  buffer from a small per-socket pool). */
 AX_API int ax_udp_recv_start(ax_udp_t *u, ax_udp_recv_cb cb);
 AX_API int ax_udp_recv_stop(ax_udp_t *u);
 /**
  * ax_udp_send() - send one datagram of @len bytes to @to. Sent at once when
  * the socket takes it; else copied and queued (at most 256 datagrams:
- * -ENOBUFS past that) and sent in order when writable. @cb may be NULL.
+ * -ENOBUFS past that) and sent in order when the socket is writable. UDP
+ * is best effort: a queued datagram the kernel refuses later is dropped,
+ * counted, and its error reported to the receive callback if one is set.
  * Errors: -EINVAL, -EMSGSIZE, -ENOBUFS, a send error (-ENETUNREACH...).
  */
 AX_API int ax_udp_send(ax_udp_t *u, const ax_addr_t *to, const void *p,
-                       size_t len, ax_write_cb cb, void *ud);
+                       size_t len);
+/** Datagrams sent, received, and dropped after being queued. */
+typedef struct ax_udp_stats {
+  uint64_t sent, received, send_dropped;
+} ax_udp_stats_t;
+AX_API int ax_udp_stats(const ax_udp_t *u, ax_udp_stats_t *out);
 AX_API int ax_udp_addr(const ax_udp_t *u, ax_addr_t *out);
 AX_API int ax_udp_fd(const ax_udp_t *u);
-/** Close; queued sends complete with -ECANCELED; memory goes at the end of
- *  the iteration. No callback runs after this returns. */
+/** Close; queued datagrams are dropped. No callback runs after this
+ *  returns; may be called from the receive callback. */
 AX_API void ax_udp_close(ax_udp_t *u);
 
 /* ------------------------------------------------------------------------ */

@@ -22,6 +22,8 @@
 
 #include "loop/loop_int.h"
 
+struct ax__px;
+
 /* ---- buffers (buf.c) ----------------------------------------------------- */
 
 /* Free the loop's read pool (ax_loop_bufpool) if it was made. */
@@ -77,10 +79,12 @@ enum {
   AX__S_TCP = 0x0100,
   AX__S_ABOVE_HIGH = 0x0200, /* went above high water: drain_cb owed */
   AX__S_NATIVE = 0x0400,    /* driven by stream_uring.c */
-  AX__S_SPLICING = 0x0800,  /* source or sink of a running splice */
+  AX__S_SPLICE_FROM = 0x0800, /* a splice reads it: the user may not */
   AX__S_IN_CB = 0x1000,     /* delivering to the user */
-  AX__S_NOSENDFILE = 0x2000 /* sendfile refused this fd: read+write */
+  AX__S_NOSENDFILE = 0x2000, /* sendfile refused this fd: read+write */
+  AX__S_SPLICE_TO = 0x4000  /* a splice writes it: the user may not */
 };
+#define AX__S_SPLICING (AX__S_SPLICE_FROM | AX__S_SPLICE_TO)
 
 /* A write request: a run of bytes in the write queue, a file range, or
  * the shutdown marker. Requests without a callback are merged. */
@@ -105,8 +109,13 @@ struct ax__sext {
   uint64_t wtimeout_ms;
   ax_source_t *timer;       /* connect timeout, then the write deadline */
   struct ax__chain rchain, wchain;
-  struct ax__splice *splice; /* running splice (either side) */
-  uint64_t reads, writes;
+  struct ax__splice *sp_out;  /* running splice reading this stream */
+  struct ax__splice *sp_in;   /* running splice writing this stream */
+  /* Frames a read filter emitted after the user stopped reading, delivered
+   * when reading starts again (a ring of @fcap slots). */
+  ax_slice_t *frames;
+  uint32_t fhead, fn, fcap;
+  bool feof;                  /* AX_EOF owed after the frames */
 };
 
 /* Driver of a stream: how operations reach the kernel. */
@@ -125,6 +134,9 @@ struct ax__sdrv {
    * ax__stream_released() when the last one has ended (maybe at once). Does
    * not close the fd. */
   void (*close)(ax_stream_t *s);
+  /* Release the fd's registrations at once for ax_stream_detach, or
+   * -EBUSY when an operation is in flight. */
+  int (*detach)(ax_stream_t *s);
 };
 
 extern const struct ax__sdrv ax__sdrv_rd;
@@ -133,7 +145,8 @@ extern const struct ax__sdrv ax__sdrv_uring;
 #endif
 
 struct ax_stream {
-  struct ax__list link;        /* px->streams, or px->closing */
+  struct ax__list link;        /* px->streams, px->closing or px->done */
+  struct ax__list plink;       /* px->rdpend while deliveries are owed */
   ax_loop_t *loop;
   const struct ax__sdrv *drv;
   ax_source_t *io;             /* readiness driver's source */
@@ -167,6 +180,8 @@ void ax__stream_on_connect(ax_stream_t *s, int status);
 void ax__stream_on_shutdown(ax_stream_t *s, int status);
 /* The driver let go of everything: finish the close. */
 void ax__stream_released(ax_stream_t *s);
+/* Free a released stream's memory (the reaper, after its close callback). */
+void ax__stream_free(ax_stream_t *s);
 /* Bytes of the head run of AX__W_DATA requests (what writev may take). */
 uint64_t ax__stream_data_run(const ax_stream_t *s);
 /* Whether reading is wanted now (READING, not EOF/FAILED/CLOSING). */
@@ -175,6 +190,18 @@ bool ax__stream_wants_read(const ax_stream_t *s);
  * the head of the queue until EAGAIN or empty. Returns true when the queue
  * is still not empty (wait for writability). */
 bool ax__stream_write_some(ax_stream_t *s);
+/* Run the read deliveries owed (px->rdpend), from the reaper. */
+void ax__streams_deliver(struct ax__px *px);
+/* sendmsg(MSG_NOSIGNAL) on sockets, writev elsewhere; -errno on error. */
+ssize_t ax__stream_send(ax_stream_t *s, const struct iovec *iov, int n);
+/* Splices (splice.c). Drivers wait for what ax__splice_interest() says
+ * (AX_READABLE and/or AX_WRITABLE) besides their own needs, and pass the
+ * readiness on with ax__splice_ready(). A splice whose needs change calls
+ * s->drv->flush(s) to have them re-read. */
+unsigned ax__splice_interest(const ax_stream_t *s);
+void ax__splice_ready(ax_stream_t *s, unsigned revents);
+/* End every splice @s takes part in (-ECANCELED, callback deferred). */
+void ax__splice_abort(ax_stream_t *s);
 /* Extension block, allocated on demand; NULL on ENOMEM. */
 struct ax__sext *ax__stream_ext(ax_stream_t *s);
 /* The read or write chain, or NULL when the stream has no filters. */
@@ -205,10 +232,12 @@ struct ax__px {
   struct ax__list closing;     /* closed, waiting for release + close cb */
   struct ax__list done;        /* released: close callbacks to run */
   ax_source_t *reaper;         /* defer: runs deferred completions */
+  struct ax__list rdpend;      /* streams owed a read delivery */
   struct ax__list listeners;
   struct ax__list udps;
   size_t nstreams;
   bool native;                 /* streams use the native io_uring driver */
+  const struct ax__sdrv *sdrv; /* driver of new streams */
   void *uring;                 /* stream_uring.c's state */
   void *files;                 /* file.c's state */
   uint64_t file_ops_pool, file_ops_native;
