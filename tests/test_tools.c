@@ -1,6 +1,7 @@
 /*
  * test_tools — tools/axload against real servers: echo_reactor (echo with
- * 1 and 200 connections, pipelined large messages, hold, SIGINT), and tiny
+ * 1 and 200 connections, pipelined large messages, hold, SIGINT),
+ * examples/sink (push and hold, on epoll and io_uring), and tiny
  * servers forked by this test that discard, corrupt one byte, or close
  * early — the last two prove the verifier and the error accounting can
  * fail. Also: a refused port, and usage errors.
@@ -18,6 +19,7 @@
 
 #define AXLOAD AX_BUILD_DIR "/tools/axload"
 #define ECHO_REACTOR AX_BUILD_DIR "/examples/echo_reactor"
+#define SINK AX_BUILD_DIR "/examples/sink"
 
 /* The forked servers: what they do to the bytes of each connection. */
 enum srv_mode { SRV_SINK, SRV_FLIP, SRV_CLOSE };
@@ -119,26 +121,41 @@ static pid_t spawn(char *const argv[], int *out, int *err) {
 /* Servers                                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* echo_reactor on a free port; its port from the "listening on" line. */
-static pid_t start_echo(unsigned *port) {
-  char *argv[] = {ECHO_REACTOR, "--port", "0", "--backend", "epoll", NULL};
-  int out;
-  pid_t pid = spawn(argv, &out, NULL);
-  char line[128];
+/* Read from @fd until @buf holds a full line or @ms pass; fails on EOF or
+ * time-out. The line (without '\n') is left in @buf. */
+static void read_line(int fd, char *buf, size_t cap, int ms, const char *who) {
   size_t len = 0;
-  int64_t deadline = now_ms() + 10000;
-  while (len < sizeof line - 1 && !memchr(line, '\n', len)) {
-    struct pollfd p = {.fd = out, .events = POLLIN};
-    if (poll(&p, 1, (int)(deadline - now_ms())) <= 0) fail_msg("echo_reactor: no first line");
-    ssize_t n = read(out, line + len, sizeof line - 1 - len);
-    if (n <= 0) fail_msg("echo_reactor: stdout closed before the first line");
+  int64_t deadline = now_ms() + ms;
+  while (!memchr(buf, '\n', len)) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int64_t left = deadline - now_ms();
+    if (len == cap - 1 || left <= 0 || poll(&p, 1, (int)left) <= 0)
+      fail_msg("%s: no full line within %d ms", who, ms);
+    ssize_t n = read(fd, buf + len, 1); /* byte by byte: nothing past the line */
+    if (n <= 0) fail_msg("%s: stdout closed before a full line", who);
     len += (size_t)n;
   }
-  close(out);
-  line[len] = 0;
-  if (sscanf(line, "listening on 127.0.0.1:%u", port) != 1 || *port == 0)
-    fail_msg("echo_reactor said \"%s\"", line);
+  buf[len - 1] = 0;
+}
+
+/* Start a server example (@argv ends with NULL) and read its port from the
+ * "listening on" line; its stdout stays open in *@out (NULL: closed). */
+static pid_t start_server(char **argv, unsigned *port, int *out) {
+  int fd;
+  pid_t pid = spawn(argv, &fd, NULL);
+  char line[128];
+  read_line(fd, line, sizeof line, 10000, argv[0]);
+  int used = 0;
+  if (sscanf(line, "listening on 127.0.0.1:%u%n", port, &used) != 1 || line[used] || *port == 0)
+    fail_msg("%s said \"%s\"", argv[0], line);
+  if (out) *out = fd;
+  else close(fd);
   return pid;
+}
+
+static pid_t start_echo(unsigned *port) {
+  char *argv[] = {ECHO_REACTOR, "--port", "0", "--backend", "epoll", NULL};
+  return start_server(argv, port, NULL);
 }
 
 /* A listening socket on 127.0.0.1, port picked by the kernel. */
@@ -393,6 +410,46 @@ static void test_push(void **state) {
   assert_true(field(&r, "errors") == 0);
 }
 
+/* examples/sink, the proactor's discard server, under push on each
+ * proactor backend: it counts every connection and exits 0 on SIGTERM with
+ * the streams still open (under ASan: nothing leaked). */
+static void test_push_sink_example(void **state) {
+  (void)state;
+  static const char *const backends[] = {"epoll", "io_uring"};
+  for (int b = 0; b < 2; b++) {
+    if (b == 1 && !ax_test_uring_usable()) continue;
+    char *argv[] = {SINK, "--port", "0", "--backend", (char *)backends[b], NULL};
+    unsigned port;
+    int out;
+    char t[32], line[128];
+    pid_t srv = start_server(argv, &port, &out);
+    target(t, sizeof t, port);
+    struct result r;
+    axload(&r, 15000, 0,
+           (const char *[]){"-q", "-m", "push", "-s", "16384", "-c", "4", "-r", "0", "-w", "0",
+                            "-d", "0.5", t, NULL});
+    expect_status(&r, 0);
+    assert_true(field(&r, "mb_per_s") > 1);
+    /* Connections held open across the stop. */
+    axload(&r, 15000, 0,
+           (const char *[]){"-q", "-m", "hold", "-c", "3", "-r", "0", "-w", "0", "-d", "0.2", t,
+                            NULL});
+    assert_true(field(&r, "held") == 3);
+    assert_int_equal(kill(srv, SIGTERM), 0);
+    read_line(out, line, sizeof line, 10000, "sink");
+    close(out);
+    unsigned long long conns = 0, bytes = 0;
+    int used = 0;
+    if (sscanf(line, "sink: %llu connections, %llu bytes%n", &conns, &bytes, &used) != 2 ||
+        line[used])
+      fail_msg("sink (%s) said \"%s\"", backends[b], line);
+    if (conns != 7 || bytes == 0)
+      fail_msg("sink (%s): %llu connections, %llu bytes; want 7 and some", backends[b], conns,
+               bytes);
+    assert_int_equal(child_wait(srv, 10000), 0);
+  }
+}
+
 static void test_hold(void **state) {
   (void)state;
   unsigned port;
@@ -510,6 +567,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_echo_many, cleanup),
       cmocka_unit_test_teardown(test_echo_pipelined_large, cleanup),
       cmocka_unit_test_teardown(test_push, cleanup),
+      cmocka_unit_test_teardown(test_push_sink_example, cleanup),
       cmocka_unit_test_teardown(test_hold, cleanup),
       cmocka_unit_test_teardown(test_refused, cleanup),
       cmocka_unit_test_teardown(test_corrupt, cleanup),
