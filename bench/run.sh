@@ -3,7 +3,7 @@
 #   bash bench/run.sh <dir with the bench binaries> [NAME]
 # NAME: timers_1m | timers_candidates | loop_iter | timers_10m |
 #       xthread_throughput | xthread_fanin | xthread_pingpong_sleep |
-#       xthread_pingpong_spin | mailbox_candidates
+#       xthread_pingpong_spin | mailbox_candidates | echo | sink | conn_scale
 # (default: all, in that order; mailbox_candidates prints both
 # bench=mailbox_candidates and bench=mailbox_candidates_fanin lines).
 # stdout carries only result lines:
@@ -19,13 +19,16 @@
 # to CPUs 0 and 1 (run them on an otherwise idle machine): ~12 + 15 + 20 +
 # 8 + 30 s. xthread_pingpong_sleep runs 100,000 round trips (the binary's
 # default is 200,000): a wake across the two vCPUs costs 10-25 us here.
+# Network (bench/net.sh: server on CPU 0, tools/axload on CPU 1; its header
+# has the protocol, the output and the knobs, e.g. NET_SHORT=1): echo ~6 min,
+# sink ~1 min, conn_scale ~1 min.
 set -euo pipefail
 
 dir=${1:?usage: run.sh BENCH_DIR [NAME] (see the header for the names)}
 only=${2:-}
 all=(timers_1m timers_candidates loop_iter timers_10m
   xthread_throughput xthread_fanin xthread_pingpong_sleep
-  xthread_pingpong_spin mailbox_candidates)
+  xthread_pingpong_spin mailbox_candidates echo sink conn_scale)
 
 for bin in timers loop_iter xthread; do
   [[ -x $dir/$bin ]] || { echo "run.sh: $dir/$bin not built" >&2; exit 2; }
@@ -58,6 +61,8 @@ run() { # run <name>: the standard sizes; each run is bounded by `timeout`
     # fan-in: its ordered commit convoys when both producers share a CPU)
     timeout 300 "$dir/xthread" -b mailbox_candidates -n 10000000 -d 3 -r 3 \
       axon axon-exchange axon-ring axon-stack ;;
+  echo | sink | conn_scale) # servers vs tools/axload; bounded inside net.sh
+    timeout 900 bash "$(dirname "$0")/net.sh" "$dir" "$1" ;;
   *)
     echo "run.sh: unknown benchmark '$1' (known: ${all[*]})" >&2
     return 2 ;;

@@ -32,6 +32,12 @@
  *         still open at the end (closed by the server, or failed: not held).
  *         40 bytes of memory per connection.
  *
+ * Many connections. Raise RLIMIT_NOFILE's hard limit for more than it
+ * allows (the soft limit is raised to it at the start). Past ~14,000
+ * connections to one destination, connect() itself slows to ~1,000 a
+ * second: Linux tries every even ephemeral port before any odd one, and
+ * scans them all once the even ones are taken. Give such runs the time.
+ *
  * Output. A progress line on stderr about 4 times a second, only when stderr
  * is a terminal and -q is not given; one stderr line per kind of error
  * ("axload: connect 127.0.0.1:1: connection refused (x 3)"); and exactly one
