@@ -64,7 +64,7 @@ static void test_errors(void **state) {
   assert_non_null(ax_strerror(0));
   assert_true(strlen(ax_strerror(0)) > 0);
   assert_string_not_equal(ax_strerror(0), "unknown error");
-  static const int unknown[] = {-4000,  -20000,  -20005,
+  static const int unknown[] = {-4000,  -20000,  -20006,
                                 -99999, INT_MIN, -INT_MAX};
   for (size_t i = 0; i < sizeof unknown / sizeof unknown[0]; i++) {
     assert_string_equal(ax_strerror(unknown[i]), "unknown error");
@@ -72,7 +72,7 @@ static void test_errors(void **state) {
   }
   /* The axon codes lie outside the errno range and are distinct. */
   assert_true(AX_ENOTPOLLABLE < -4095 && AX_EFDTOOBIG < -4095);
-  assert_true(AX_ECORRUPT < -4095 && AX_EKIND < -4095);
+  assert_true(AX_ECORRUPT < -4095 && AX_EKIND < -4095 && AX_EOF < -4095);
   assert_non_null(strstr(ax_strerror(AX_ENOTPOLLABLE), "epoll"));
   assert_non_null(strstr(ax_strerror(AX_EFDTOOBIG), "select"));
 }

@@ -97,7 +97,7 @@ static inline char *ax_slice_ptr(ax_slice_t s) {
 /**
  * A sub-slice: @len bytes from @off within @s, sharing its buffer (no
  * reference is taken: ax_buf_ref(out.buf) to keep it). Errors: -ERANGE when
- * the window leaves @s.
+ * the window leaves @s, -EINVAL when @out is NULL.
  */
 AX_API int ax_slice_sub(ax_slice_t s, size_t off, size_t len, ax_slice_t *out);
 

@@ -83,9 +83,10 @@ typedef struct ax_stream ax_stream_t;
 
 /**
  * ax_read_cb - data arrived, or the read side ended.
- * @status: > 0: @data holds @status bytes (borrowed: the proactor drops its
+ * @status: ≥ 0: @data holds @status bytes (borrowed: the proactor drops its
  *          reference when the callback returns; ax_buf_ref(data->buf) to
- *          keep them). AX_EOF: the peer closed its side (shutdown or
+ *          keep them). 0 only for an empty frame from a read filter (an
+ *          empty line, a zero-length frame); a plain stream never gives 0. AX_EOF: the peer closed its side (shutdown or
  *          close); reading has stopped; writing may continue (half-close).
  *          < 0: the connection failed (-ECONNRESET, -ETIMEDOUT from the
  *          write deadline, -EPIPE, a filter's error...); reading has

@@ -1,7 +1,7 @@
 /*
  * Buffers, the read pool and buffer lists.
  *
- * A buffer is one allocation: a 32-byte header followed by its bytes, or a
+ * A buffer is one allocation: a 48-byte header followed by its bytes, or a
  * header pointing at wrapped memory. The header says how the memory goes
  * back: to the allocator it came from, to its pool, or to a user function.
  * Reference counts are plain (see buf.h: one thread at a time).
@@ -135,7 +135,9 @@ void ax_buf_unref(ax_buf_t *b) {
 }
 
 int ax_slice_sub(ax_slice_t s, size_t off, size_t len, ax_slice_t *out) {
-  if (out == NULL || off > s.len || len > s.len - off)
+  if (out == NULL)
+    return -EINVAL;
+  if (off > s.len || len > s.len - off)
     return -ERANGE;
   *out = (ax_slice_t){.buf = len ? s.buf : NULL,
                       .off = len ? s.off + (uint32_t)off : 0,
@@ -226,9 +228,9 @@ ax_bufpool_t *ax_loop_bufpool(ax_loop_t *loop) {
 void ax__bufpool_fini(ax_loop_t *loop) {
   struct ax__px *px = loop->px;
   if (px && px->pool) {
-    /* Buffers users still hold were allocated through the loop's hooks,
-     * which outlive it only if the user says so: they are freed on their
-     * last release, like any pool's after ax_bufpool_free. */
+    /* Buffers users still hold break buf.h's rule (release them before
+     * the loop is freed): their release would reach the freed loop's
+     * allocator. Pooled buffers released before this point are freed here. */
     ax_bufpool_free(px->pool);
     px->pool = NULL;
   }

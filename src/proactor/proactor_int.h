@@ -204,7 +204,8 @@ void ax__splice_ready(ax_stream_t *s, unsigned revents);
 void ax__splice_abort(ax_stream_t *s);
 /* Extension block, allocated on demand; NULL on ENOMEM. */
 struct ax__sext *ax__stream_ext(ax_stream_t *s);
-/* The read or write chain, or NULL when the stream has no filters. */
+/* The read or write chain, created (empty) on first call; NULL on ENOMEM
+ * or a bad @chain. */
 struct ax__chain *ax__stream_chain(ax_stream_t *s, int chain);
 
 /* ---- per-loop state (px.c) ---------------------------------------------- */
