@@ -18,15 +18,15 @@ static unsigned long long conns, bytes;
 
 static void on_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
   (void)data, (void)ud;
-  if (status > 0) bytes += (unsigned long long)status;
+  if (status >= 0) bytes += (unsigned long long)status;
   else ax_stream_close(s, NULL); /* AX_EOF or an error */
 }
 
-static void on_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *peer, void *loop) {
+static void on_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *peer, void *ud) {
   ax_stream_t *s;
-  (void)l, (void)peer;
+  (void)peer, (void)ud;
   if (status < 0) return; /* EMFILE: the listener sheds and pauses by itself */
-  if (ax_stream_open(loop, fd, NULL, &s) < 0) close(fd);
+  if (ax_stream_open(ax_listener_loop(l), fd, NULL, &s) < 0) close(fd);
   else if (ax_stream_read_start(s, on_read) < 0) ax_stream_close(s, NULL);
   else conns++;
 }
@@ -71,7 +71,7 @@ int main(int argc, char **argv) {
     if ((rc = ax_signal_new(loop, on_signal, NULL, &sig[i])) == 0)
       rc = ax_signal_start(sig[i], i ? SIGTERM : SIGINT);
   if (rc == 0) rc = ax_addr_ip("127.0.0.1", port, &addr);
-  if (rc == 0) rc = ax_listener_new(loop, &addr, NULL, on_accept, loop, &l);
+  if (rc == 0) rc = ax_listener_new(loop, &addr, NULL, on_accept, NULL, &l);
   if (rc == 0) rc = ax_listener_addr(l, &addr);
   if (rc == 0) {
     printf("listening on 127.0.0.1:%u\n", ax_addr_port(&addr));
