@@ -47,7 +47,8 @@ static void conn_close(int fd) {
 static void on_accept(int lfd) {
   for (int i = 0; i < ACCEPT_BATCH; i++) {
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return; /* EAGAIN: drained */
+    if (fd < 0)
+      return; /* EAGAIN: drained */
     if ((size_t)fd >= nslots || !watch(fd, EPOLLIN, EPOLL_CTL_ADD)) {
       close(fd);
       continue;
@@ -60,32 +61,38 @@ static void on_accept(int lfd) {
 static void on_writable(int fd) {
   struct conn *c = &conns[fd];
   ssize_t n = send(fd, c->rest + c->off, c->len - c->off, MSG_NOSIGNAL);
-  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    return;
   if (n < 0) {
     conn_close(fd);
     return;
   }
   c->off += (uint32_t)n;
-  if (c->off < c->len) return;
+  if (c->off < c->len)
+    return;
   free(c->rest);
   *c = (struct conn){0};
-  if (!watch(fd, EPOLLIN, EPOLL_CTL_MOD)) conn_close(fd);
+  if (!watch(fd, EPOLLIN, EPOLL_CTL_MOD))
+    conn_close(fd);
 }
 
 static void on_readable(int fd, char *buf) {
   ssize_t n = recv(fd, buf, RBUF, 0);
-  if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (n < 0 && (errno == EAGAIN || errno == EINTR))
+    return;
   if (n <= 0) { /* EOF or error */
     conn_close(fd);
     return;
   }
   ssize_t w = send(fd, buf, (size_t)n, MSG_NOSIGNAL);
-  if (w == n) return;
+  if (w == n)
+    return;
   if (w < 0 && errno != EAGAIN && errno != EINTR) {
     conn_close(fd);
     return;
   }
-  if (w < 0) w = 0;
+  if (w < 0)
+    w = 0;
   struct conn *c = &conns[fd];
   c->len = (uint32_t)(n - w);
   c->rest = malloc(c->len);
@@ -100,7 +107,8 @@ int main(int argc, char **argv) {
   unsigned port = peer_port(argc, argv);
   struct rlimit rl;
   getrlimit(RLIMIT_NOFILE, &rl);
-  nslots = rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1u << 20) ? 1u << 20 : rl.rlim_cur;
+  nslots =
+      rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1u << 20) ? 1u << 20 : rl.rlim_cur;
   conns = calloc(nslots, sizeof *conns);
   sigset_t set;
   sigemptyset(&set);
@@ -128,13 +136,18 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < n; i++) {
       int fd = evs[i].data.fd;
-      if (fd == lfd) on_accept(lfd);
-      else if (fd == sfd) stop = true;
-      else if (conns[fd].rest) on_writable(fd);
-      else on_readable(fd, buf);
+      if (fd == lfd)
+        on_accept(lfd);
+      else if (fd == sfd)
+        stop = true;
+      else if (conns[fd].rest)
+        on_writable(fd);
+      else
+        on_readable(fd, buf);
     }
   }
-  for (size_t fd = 0; fd < nslots; fd++) free(conns[fd].rest);
+  for (size_t fd = 0; fd < nslots; fd++)
+    free(conns[fd].rest);
   free(conns);
   return 0;
 }

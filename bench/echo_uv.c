@@ -32,10 +32,13 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b) {
   *b = uv_buf_init(rbuf, sizeof rbuf);
 }
 
-static void on_closed(uv_handle_t *h) { free(h); }
+static void on_closed(uv_handle_t *h) {
+  free(h);
+}
 
 static void conn_close(uv_stream_t *s) {
-  if (!uv_is_closing((uv_handle_t *)s)) uv_close((uv_handle_t *)s, on_closed);
+  if (!uv_is_closing((uv_handle_t *)s))
+    uv_close((uv_handle_t *)s, on_closed);
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
@@ -43,8 +46,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b);
 static void on_written(uv_write_t *req, int status) {
   uv_stream_t *s = req->handle;
   free(req);
-  if (status < 0 || uv_is_closing((uv_handle_t *)s)) conn_close(s);
-  else if (uv_read_start(s, on_alloc, on_read) < 0) conn_close(s);
+  if (status < 0 || uv_is_closing((uv_handle_t *)s))
+    conn_close(s);
+  else if (uv_read_start(s, on_alloc, on_read) < 0)
+    conn_close(s);
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
@@ -52,10 +57,12 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
     conn_close(s);
     return;
   }
-  if (n == 0) return; /* nothing this time (EAGAIN) */
+  if (n == 0)
+    return; /* nothing this time (EAGAIN) */
   uv_buf_t out = uv_buf_init(b->base, (unsigned)n);
   int w = uv_try_write(s, &out, 1);
-  if (w == n) return;
+  if (w == n)
+    return;
   if (w < 0 && w != UV_EAGAIN) {
     conn_close(s);
     return;
@@ -76,9 +83,11 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b) {
 }
 
 static void on_connection(uv_stream_t *server, int status) {
-  if (status < 0) return;
+  if (status < 0)
+    return;
   uv_tcp_t *c = malloc(sizeof *c);
-  if (!c) return;
+  if (!c)
+    return;
   uv_tcp_init(server->loop, c);
   c->data = &heap_tag;
   if (uv_accept(server, (uv_stream_t *)c) != 0) {
@@ -86,12 +95,14 @@ static void on_connection(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(c, 1);
-  if (uv_read_start((uv_stream_t *)c, on_alloc, on_read) < 0) conn_close((uv_stream_t *)c);
+  if (uv_read_start((uv_stream_t *)c, on_alloc, on_read) < 0)
+    conn_close((uv_stream_t *)c);
 }
 
 static void close_one(uv_handle_t *h, void *arg) {
   (void)arg;
-  if (!uv_is_closing(h)) uv_close(h, h->data == &heap_tag ? on_closed : NULL);
+  if (!uv_is_closing(h))
+    uv_close(h, h->data == &heap_tag ? on_closed : NULL);
 }
 
 static void on_signal(uv_signal_t *sig, int signo) {
@@ -106,15 +117,20 @@ int main(int argc, char **argv) {
   uv_signal_t sigs[2];
   int rc = uv_tcp_init(loop, &server);
   server.data = NULL;
-  if (rc == 0) rc = uv_tcp_open(&server, peer_listen("echo_uv", port));
-  if (rc == 0) rc = uv_listen((uv_stream_t *)&server, SOMAXCONN, on_connection);
+  if (rc == 0)
+    rc = uv_tcp_open(&server, peer_listen("echo_uv", port));
+  if (rc == 0)
+    rc = uv_listen((uv_stream_t *)&server, SOMAXCONN, on_connection);
   for (int i = 0; rc == 0 && i < 2; i++) {
     rc = uv_signal_init(loop, &sigs[i]);
     sigs[i].data = NULL;
-    if (rc == 0) rc = uv_signal_start(&sigs[i], on_signal, i ? SIGINT : SIGTERM);
+    if (rc == 0)
+      rc = uv_signal_start(&sigs[i], on_signal, i ? SIGINT : SIGTERM);
   }
-  if (rc == 0) rc = uv_run(loop, UV_RUN_DEFAULT);
-  if (rc == 0) rc = uv_loop_close(loop);
+  if (rc == 0)
+    rc = uv_run(loop, UV_RUN_DEFAULT);
+  if (rc == 0)
+    rc = uv_loop_close(loop);
   if (rc != 0) {
     fprintf(stderr, "echo_uv: %s\n", uv_strerror(rc));
     return 1;

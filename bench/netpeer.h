@@ -23,7 +23,8 @@
 static inline unsigned peer_port(int argc, char **argv) {
   char *end = NULL;
   unsigned long p = 0;
-  if (argc == 3 && strcmp(argv[1], "--port") == 0) p = strtoul(argv[2], &end, 10);
+  if (argc == 3 && strcmp(argv[1], "--port") == 0)
+    p = strtoul(argv[2], &end, 10);
   if (argc != 1 && (argc != 3 || !end || *end || end == argv[2] || p > 65535)) {
     fprintf(stderr, "usage: %s [--port P]\n", argv[0]);
     exit(2);

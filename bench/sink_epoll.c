@@ -32,9 +32,12 @@ static bool watch(int fd) {
 static void on_accept(int lfd) {
   for (int i = 0; i < ACCEPT_BATCH; i++) {
     int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) return;
-    if (watch(fd)) accepted++;
-    else close(fd);
+    if (fd < 0)
+      return;
+    if (watch(fd))
+      accepted++;
+    else
+      close(fd);
   }
 }
 
@@ -43,10 +46,12 @@ static void on_readable(int fd, char *buf) {
     ssize_t n = recv(fd, buf, RBUF, 0);
     if (n > 0) {
       bytes += (unsigned long long)n;
-      if (n < RBUF) return; /* drained */
+      if (n < RBUF)
+        return; /* drained */
       continue;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+      return;
     close(fd); /* EOF or error */
     return;
   }
@@ -80,9 +85,12 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < n; i++) {
       int fd = evs[i].data.fd;
-      if (fd == lfd) on_accept(lfd);
-      else if (fd == sfd) stop = true;
-      else on_readable(fd, buf);
+      if (fd == lfd)
+        on_accept(lfd);
+      else if (fd == sfd)
+        stop = true;
+      else
+        on_readable(fd, buf);
     }
   }
   printf("sink_epoll: %llu connections, %llu bytes\n", accepted, bytes);

@@ -22,7 +22,8 @@ static void on_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
   else ax_stream_close(s, NULL); /* AX_EOF or an error */
 }
 
-static void on_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *peer, void *ud) {
+static void on_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *peer,
+                      void *ud) {
   ax_stream_t *s;
   (void)peer, (void)ud;
   if (status < 0) return; /* EMFILE: the listener sheds and pauses by itself */
@@ -43,7 +44,7 @@ static int parse_args(int argc, char **argv, unsigned *port, ax_backend_t *be) {
     int b = 0;
     while (b < 4 && strcmp(argv[i + 1], names[b]) != 0) b++;
     if (strcmp(argv[i], "--port") == 0) *port = (unsigned)strtoul(argv[i + 1], NULL, 10);
-    else if (strcmp(argv[i], "--backend") == 0 && b < 4) *be = (ax_backend_t)(AX_BACKEND_EPOLL + b);
+    else if (strcmp(argv[i], "--backend") == 0 && b < 4) *be = AX_BACKEND_EPOLL + b;
     else return -1;
   }
   return 0;

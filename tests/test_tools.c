@@ -27,7 +27,9 @@ enum srv_mode { SRV_SINK, SRV_FLIP, SRV_CLOSE };
 #define CLOSE_AFTER 640 /* SRV_CLOSE echoes this many bytes, then half-closes */
 #define SRV_LIFE_MS 30000
 
-static int64_t now_ms(void) { return (int64_t)mono_ms(); }
+static int64_t now_ms(void) {
+  return (int64_t)mono_ms();
+}
 
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -55,7 +57,8 @@ static void child_add(pid_t pid) {
 
 static void child_forget(pid_t pid) {
   for (int i = 0; i < MAX_CHILDREN; i++)
-    if (children[i] == pid) children[i] = 0;
+    if (children[i] == pid)
+      children[i] = 0;
 }
 
 /* Teardown: kill and reap, by pid, every child still registered. */
@@ -76,8 +79,10 @@ static int child_wait(pid_t pid, int ms) {
   int st = 0;
   for (;;) {
     pid_t r = waitpid(pid, &st, WNOHANG);
-    if (r == pid) break;
-    if (r < 0 && errno != EINTR) fail_msg("waitpid: %s", strerror(errno));
+    if (r == pid)
+      break;
+    if (r < 0 && errno != EINTR)
+      fail_msg("waitpid: %s", strerror(errno));
     if (now_ms() > deadline) {
       kill(pid, SIGKILL);
       waitpid(pid, &st, 0);
@@ -94,9 +99,11 @@ static int child_wait(pid_t pid, int ms) {
  * @err is not NULL); SIGPIPE at its default and no signal blocked. */
 static pid_t spawn(char *const argv[], int *out, int *err) {
   int o[2], e[2] = {-1, -1};
-  if (access(argv[0], X_OK) != 0) fail_msg("%s: %s (build it first)", argv[0], strerror(errno));
+  if (access(argv[0], X_OK) != 0)
+    fail_msg("%s: %s (build it first)", argv[0], strerror(errno));
   assert_int_equal(pipe2(o, O_CLOEXEC), 0);
-  if (err) assert_int_equal(pipe2(e, O_CLOEXEC), 0);
+  if (err)
+    assert_int_equal(pipe2(e, O_CLOEXEC), 0);
   pid_t pid = fork();
   if (pid == 0) {
     sigset_t none;
@@ -104,16 +111,20 @@ static pid_t spawn(char *const argv[], int *out, int *err) {
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     int in = open("/dev/null", O_RDONLY);
-    if (in < 0 || dup2(in, 0) < 0 || dup2(o[1], 1) < 0 || (err && dup2(e[1], 2) < 0)) _exit(126);
+    if (in < 0 || dup2(in, 0) < 0 || dup2(o[1], 1) < 0 || (err && dup2(e[1], 2) < 0))
+      _exit(126);
     execv(argv[0], argv);
     _exit(127);
   }
   close(o[1]);
-  if (err) close(e[1]);
-  if (pid < 0) fail_msg("fork: %s", strerror(errno));
+  if (err)
+    close(e[1]);
+  if (pid < 0)
+    fail_msg("fork: %s", strerror(errno));
   child_add(pid);
   *out = o[0];
-  if (err) *err = e[0];
+  if (err)
+    *err = e[0];
   return pid;
 }
 
@@ -132,7 +143,8 @@ static void read_line(int fd, char *buf, size_t cap, int ms, const char *who) {
     if (len == cap - 1 || left <= 0 || poll(&p, 1, (int)left) <= 0)
       fail_msg("%s: no full line within %d ms", who, ms);
     ssize_t n = read(fd, buf + len, 1); /* byte by byte: nothing past the line */
-    if (n <= 0) fail_msg("%s: stdout closed before a full line", who);
+    if (n <= 0)
+      fail_msg("%s: stdout closed before a full line", who);
     len += (size_t)n;
   }
   buf[len - 1] = 0;
@@ -146,10 +158,13 @@ static pid_t start_server(char **argv, unsigned *port, int *out) {
   char line[128];
   read_line(fd, line, sizeof line, 10000, argv[0]);
   int used = 0;
-  if (sscanf(line, "listening on 127.0.0.1:%u%n", port, &used) != 1 || line[used] || *port == 0)
+  if (sscanf(line, "listening on 127.0.0.1:%u%n", port, &used) != 1 || line[used] ||
+      *port == 0)
     fail_msg("%s said \"%s\"", argv[0], line);
-  if (out) *out = fd;
-  else close(fd);
+  if (out)
+    *out = fd;
+  else
+    close(fd);
   return pid;
 }
 
@@ -166,7 +181,8 @@ static int listen_any(unsigned *port, bool do_listen) {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   assert_true(fd >= 0);
   assert_int_equal(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
-  if (do_listen) assert_int_equal(listen(fd, 128), 0);
+  if (do_listen)
+    assert_int_equal(listen(fd, 128), 0);
   assert_int_equal(getsockname(fd, (struct sockaddr *)&sa, &len), 0);
   *port = ntohs(sa.sin_port);
   return fd;
@@ -175,8 +191,10 @@ static int listen_any(unsigned *port, bool do_listen) {
 static bool write_all(int fd, const char *p, size_t n) {
   while (n > 0) {
     ssize_t w = write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w <= 0)
+      return false;
     p += w, n -= (size_t)w;
   }
   return true;
@@ -185,16 +203,20 @@ static bool write_all(int fd, const char *p, size_t n) {
 /* What a forked server does with @n bytes read at stream offset @seen:
  * false when the connection is to be closed. */
 static bool serve_bytes(int fd, enum srv_mode mode, char *buf, size_t n, uint64_t seen) {
-  if (mode == SRV_SINK) return true;
+  if (mode == SRV_SINK)
+    return true;
   if (mode == SRV_FLIP) {
-    if (seen <= FLIP_AT && FLIP_AT < seen + n) buf[FLIP_AT - seen] ^= 0x20;
+    if (seen <= FLIP_AT && FLIP_AT < seen + n)
+      buf[FLIP_AT - seen] ^= 0x20;
     return write_all(fd, buf, n);
   }
   size_t keep = seen >= CLOSE_AFTER ? 0 : CLOSE_AFTER - seen < n ? CLOSE_AFTER - seen : n;
-  if (!write_all(fd, buf, keep)) return false;
+  if (!write_all(fd, buf, keep))
+    return false;
   /* Half-close and go on reading: the client sees a clean EOF, never a
    * reset for bytes it sent after our close. */
-  if (seen < CLOSE_AFTER && seen + n >= CLOSE_AFTER) shutdown(fd, SHUT_WR);
+  if (seen < CLOSE_AFTER && seen + n >= CLOSE_AFTER)
+    shutdown(fd, SHUT_WR);
   return true;
 }
 
@@ -208,9 +230,11 @@ static _Noreturn void server_main(int lfd, enum srv_mode mode) {
   int n = 1;
   int64_t end = now_ms() + SRV_LIFE_MS;
   while (now_ms() < end) {
-    if (poll(p, (nfds_t)n, 100) <= 0) continue;
+    if (poll(p, (nfds_t)n, 100) <= 0)
+      continue;
     for (int i = n - 1; i >= 1; i--) {
-      if (!p[i].revents) continue;
+      if (!p[i].revents)
+        continue;
       ssize_t r = read(p[i].fd, buf, sizeof buf);
       if (r > 0 && serve_bytes(p[i].fd, mode, buf, (size_t)r, seen[i])) {
         seen[i] += (uint64_t)r;
@@ -238,9 +262,11 @@ static pid_t start_forked(enum srv_mode mode, unsigned *port) {
   int lfd = listen_any(port, true);
   fflush(stdout);
   pid_t pid = fork();
-  if (pid == 0) server_main(lfd, mode);
+  if (pid == 0)
+    server_main(lfd, mode);
   close(lfd);
-  if (pid < 0) fail_msg("fork: %s", strerror(errno));
+  if (pid < 0)
+    fail_msg("fork: %s", strerror(errno));
   child_add(pid);
   return pid;
 }
@@ -259,8 +285,10 @@ struct result {
 static bool drain(int fd, char *buf, size_t *len, size_t cap) {
   char tmp[4096];
   ssize_t n = read(fd, tmp, sizeof tmp);
-  if (n < 0 && errno == EINTR) return true;
-  if (n <= 0) return false;
+  if (n < 0 && errno == EINTR)
+    return true;
+  if (n <= 0)
+    return false;
   size_t take = (size_t)n < cap - 1 - *len ? (size_t)n : cap - 1 - *len;
   memcpy(buf + *len, tmp, take);
   *len += take;
@@ -273,7 +301,8 @@ static bool drain(int fd, char *buf, size_t *len, size_t cap) {
 static void axload(struct result *res, int timeout_ms, int sigint_ms, const char **args) {
   char *argv[24] = {AXLOAD};
   int argc = 1;
-  while (*args && argc < 23) argv[argc++] = (char *)*args++;
+  while (*args && argc < 23)
+    argv[argc++] = (char *)*args++;
   argv[argc] = NULL;
   memset(res, 0, sizeof *res);
   int out, err;
@@ -286,12 +315,16 @@ static void axload(struct result *res, int timeout_ms, int sigint_ms, const char
       kill(pid, SIGINT);
       sigint_ms = 0;
     }
-    if (left <= 0) break; /* child_wait kills it and fails */
+    if (left <= 0)
+      break; /* child_wait kills it and fails */
     int wait = sigint_ms > 0 ? 20 : (int)(left < 1000 ? left : 1000);
-    if (poll(p, 2, wait) < 0 && errno != EINTR) fail_msg("poll: %s", strerror(errno));
-    if ((p[0].revents & (POLLIN | POLLHUP)) && !drain(out, res->out, &res->nout, sizeof res->out))
+    if (poll(p, 2, wait) < 0 && errno != EINTR)
+      fail_msg("poll: %s", strerror(errno));
+    if ((p[0].revents & (POLLIN | POLLHUP)) &&
+        !drain(out, res->out, &res->nout, sizeof res->out))
       p[0].fd = -1;
-    if ((p[1].revents & (POLLIN | POLLHUP)) && !drain(err, res->err, &res->nerr, sizeof res->err))
+    if ((p[1].revents & (POLLIN | POLLHUP)) &&
+        !drain(err, res->err, &res->nerr, sizeof res->err))
       p[1].fd = -1;
   }
   close(out);
@@ -304,20 +337,23 @@ static void axload(struct result *res, int timeout_ms, int sigint_ms, const char
 /* The value of @key in the summary line; fails when it is missing. Checks
  * there is exactly one line, and that it is the summary. */
 static double field(const struct result *res, const char *key) {
-  if (strncmp(res->out, "axload mode=", 12) != 0 || strchr(res->out, '\n') != res->out + res->nout - 1)
-    fail_msg("stdout is not one summary line: \"%s\" (stderr: \"%s\")", res->out, res->err);
+  if (strncmp(res->out, "axload mode=", 12) != 0 ||
+      strchr(res->out, '\n') != res->out + res->nout - 1)
+    fail_msg("stdout is not one summary line: \"%s\" (stderr: \"%s\")", res->out,
+             res->err);
   char pat[64];
   snprintf(pat, sizeof pat, " %s=", key);
   const char *p = strstr(res->out, pat);
-  if (!p) fail_msg("no %s= in \"%s\"", key, res->out);
+  if (!p)
+    fail_msg("no %s= in \"%s\"", key, res->out);
   return strtod(p + strlen(pat), NULL);
 }
 
 /* axload must have exited with @status; else fail with what it said. */
 static void expect_status(const struct result *res, int status) {
   if (res->status != status)
-    fail_msg("axload exited %d, want %d\nstdout: %s\nstderr: %s", res->status, status, res->out,
-             res->err);
+    fail_msg("axload exited %d, want %d\nstdout: %s\nstderr: %s", res->status, status,
+             res->out, res->err);
 }
 
 static void target(char *buf, size_t len, unsigned port) {
@@ -335,7 +371,8 @@ static void test_echo_one(void **state) {
   pid_t srv = start_echo(&port);
   target(t, sizeof t, port);
   struct result r;
-  axload(&r, 10000, 0, (const char *[]){"-q", "-c", "1", "-w", "0.2", "-d", "1", t, NULL});
+  axload(&r, 10000, 0,
+         (const char *[]){"-q", "-c", "1", "-w", "0.2", "-d", "1", t, NULL});
   expect_status(&r, 0);
   assert_true(field(&r, "reqs") > 0);
   assert_true(field(&r, "p50_us") > 0);
@@ -364,8 +401,8 @@ static void test_echo_many(void **state) {
   assert_true(field(&r, "held") == 200);
   /* Two threads split the connections and their counts add up. */
   axload(&r, 15000, 0,
-         (const char *[]){"-q", "-t", "2", "-c", "200", "-r", "0", "-w", "0.3", "-d", "0.5", t,
-                          NULL});
+         (const char *[]){"-q", "-t", "2", "-c", "200", "-r", "0", "-w", "0.3", "-d",
+                          "0.5", t, NULL});
   expect_status(&r, 0);
   assert_true(field(&r, "threads") == 2);
   assert_true(field(&r, "held") == 200);
@@ -383,8 +420,8 @@ static void test_echo_pipelined_large(void **state) {
   target(t, sizeof t, port);
   struct result r;
   axload(&r, 15000, 0,
-         (const char *[]){"-q", "-c", "3", "-r", "0", "-p", "4", "-s", "100000", "-w", "0", "-d",
-                          "1", t, NULL});
+         (const char *[]){"-q", "-c", "3", "-r", "0", "-p", "4", "-s", "100000", "-w",
+                          "0", "-d", "1", t, NULL});
   expect_status(&r, 0);
   assert_true(field(&r, "reqs") > 0);
   assert_true(field(&r, "mb_per_s") > 0);
@@ -401,8 +438,8 @@ static void test_push(void **state) {
   target(t, sizeof t, port);
   struct result r;
   axload(&r, 15000, 0,
-         (const char *[]){"-q", "-m", "push", "-s", "16384", "-c", "4", "-r", "0", "-w", "0.2",
-                          "-d", "1", t, NULL});
+         (const char *[]){"-q", "-m", "push", "-s", "16384", "-c", "4", "-r", "0", "-w",
+                          "0.2", "-d", "1", t, NULL});
   expect_status(&r, 0);
   assert_true(field(&r, "mb_per_s") > 1);
   assert_true(field(&r, "reqs") > 0);
@@ -417,7 +454,8 @@ static void test_push_sink_example(void **state) {
   (void)state;
   static const char *const backends[] = {"epoll", "io_uring"};
   for (int b = 0; b < 2; b++) {
-    if (b == 1 && !ax_test_uring_usable()) continue;
+    if (b == 1 && !ax_test_uring_usable())
+      continue;
     char *argv[] = {SINK, "--port", "0", "--backend", (char *)backends[b], NULL};
     unsigned port;
     int out;
@@ -426,26 +464,27 @@ static void test_push_sink_example(void **state) {
     target(t, sizeof t, port);
     struct result r;
     axload(&r, 15000, 0,
-           (const char *[]){"-q", "-m", "push", "-s", "16384", "-c", "4", "-r", "0", "-w", "0",
-                            "-d", "0.5", t, NULL});
+           (const char *[]){"-q", "-m", "push", "-s", "16384", "-c", "4", "-r", "0", "-w",
+                            "0", "-d", "0.5", t, NULL});
     expect_status(&r, 0);
     assert_true(field(&r, "mb_per_s") > 1);
     /* Connections held open across the stop. */
     axload(&r, 15000, 0,
-           (const char *[]){"-q", "-m", "hold", "-c", "3", "-r", "0", "-w", "0", "-d", "0.2", t,
-                            NULL});
+           (const char *[]){"-q", "-m", "hold", "-c", "3", "-r", "0", "-w", "0", "-d",
+                            "0.2", t, NULL});
     assert_true(field(&r, "held") == 3);
     assert_int_equal(kill(srv, SIGTERM), 0);
     read_line(out, line, sizeof line, 10000, "sink");
     close(out);
     unsigned long long conns = 0, bytes = 0;
     int used = 0;
-    if (sscanf(line, "sink: %llu connections, %llu bytes%n", &conns, &bytes, &used) != 2 ||
+    if (sscanf(line, "sink: %llu connections, %llu bytes%n", &conns, &bytes, &used) !=
+            2 ||
         line[used])
       fail_msg("sink (%s) said \"%s\"", backends[b], line);
     if (conns != 7 || bytes == 0)
-      fail_msg("sink (%s): %llu connections, %llu bytes; want 7 and some", backends[b], conns,
-               bytes);
+      fail_msg("sink (%s): %llu connections, %llu bytes; want 7 and some", backends[b],
+               conns, bytes);
     assert_int_equal(child_wait(srv, 10000), 0);
   }
 }
@@ -458,18 +497,19 @@ static void test_hold(void **state) {
   target(t, sizeof t, port);
   struct result r;
   axload(&r, 15000, 0,
-         (const char *[]){"-q", "-m", "hold", "-c", "300", "-r", "0", "-w", "0", "-d", "1", t,
-                          NULL});
+         (const char *[]){"-q", "-m", "hold", "-c", "300", "-r", "0", "-w", "0", "-d",
+                          "1", t, NULL});
   expect_status(&r, 0);
   assert_true(field(&r, "held") == 300);
   assert_true(field(&r, "connect_failed") == 0);
   /* At 20 connects a second, 0.5 s opens about 11 of 40: the rate holds. */
   axload(&r, 15000, 0,
-         (const char *[]){"-q", "-m", "hold", "-c", "40", "-r", "20", "-w", "0", "-d", "0.5", t,
-                          NULL});
+         (const char *[]){"-q", "-m", "hold", "-c", "40", "-r", "20", "-w", "0", "-d",
+                          "0.5", t, NULL});
   expect_status(&r, 0);
   double held = field(&r, "held");
-  if (held < 6 || held > 16) fail_msg("held %.0f at 20 connects/s for 0.5 s", held);
+  if (held < 6 || held > 16)
+    fail_msg("held %.0f at 20 connects/s for 0.5 s", held);
   kill(srv, SIGTERM);
   assert_int_equal(child_wait(srv, 10000), 0);
 }
@@ -491,7 +531,8 @@ static void test_refused(void **state) {
   assert_true(field(&r, "connect_failed") == 3);
   assert_true(field(&r, "held") == 0);
   snprintf(want, sizeof want, "axload: connect %s: connection refused (x 3)\n", t);
-  if (!strstr(r.err, want)) fail_msg("stderr \"%s\" lacks \"%s\"", r.err, want);
+  if (!strstr(r.err, want))
+    fail_msg("stderr \"%s\" lacks \"%s\"", r.err, want);
 }
 
 /* A server that flips one byte per connection: exactly one mismatch each. */
@@ -502,7 +543,8 @@ static void test_corrupt(void **state) {
   start_forked(SRV_FLIP, &port);
   target(t, sizeof t, port);
   struct result r;
-  axload(&r, 10000, 0, (const char *[]){"-q", "-c", "2", "-r", "0", "-w", "0", "-d", "1", t, NULL});
+  axload(&r, 10000, 0,
+         (const char *[]){"-q", "-c", "2", "-r", "0", "-w", "0", "-d", "1", t, NULL});
   expect_status(&r, 1);
   assert_true(field(&r, "mismatches") == 2);
   assert_true(field(&r, "reqs") > 0);
@@ -518,13 +560,15 @@ static void test_closed_by_server(void **state) {
   start_forked(SRV_CLOSE, &port);
   target(t, sizeof t, port);
   struct result r;
-  axload(&r, 10000, 0, (const char *[]){"-q", "-c", "2", "-r", "0", "-w", "0", "-d", "2", t, NULL});
+  axload(&r, 10000, 0,
+         (const char *[]){"-q", "-c", "2", "-r", "0", "-w", "0", "-d", "2", t, NULL});
   expect_status(&r, 1);
   assert_true(field(&r, "errors") == 2);
   assert_true(field(&r, "mismatches") == 0);
   assert_true(field(&r, "held") == 0);
   snprintf(want, sizeof want, "axload: %s: connection closed by the server (x 2)\n", t);
-  if (!strstr(r.err, want)) fail_msg("stderr \"%s\" lacks \"%s\"", r.err, want);
+  if (!strstr(r.err, want))
+    fail_msg("stderr \"%s\" lacks \"%s\"", r.err, want);
 }
 
 /* SIGINT ends a 30 s run at once and the summary still comes. */
@@ -536,8 +580,8 @@ static void test_sigint(void **state) {
   target(t, sizeof t, port);
   struct result r;
   int64_t start = now_ms();
-  axload(&r, 10000, 600, (const char *[]){"-q", "-c", "10", "-r", "0", "-w", "0", "-d", "30", t,
-                                          NULL});
+  axload(&r, 10000, 600,
+         (const char *[]){"-q", "-c", "10", "-r", "0", "-w", "0", "-d", "30", t, NULL});
   expect_status(&r, 0);
   assert_true(now_ms() - start < 3000);
   assert_true(field(&r, "secs") < 2);
@@ -556,7 +600,8 @@ static void test_usage(void **state) {
   expect_status(&r, 2);
   axload(&r, 5000, 0, (const char *[]){"localhost:80", NULL});
   expect_status(&r, 2);
-  if (!strstr(r.err, "numeric")) fail_msg("stderr: \"%s\"", r.err);
+  if (!strstr(r.err, "numeric"))
+    fail_msg("stderr: \"%s\"", r.err);
   assert_int_equal(r.nout, 0);
 }
 

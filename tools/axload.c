@@ -72,13 +72,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PAT_PERIOD 65521u  /* a prime: the stream's period */
-#define PAT_SPAN 65536u    /* longest piece taken from the pattern at once */
-#define RBUF_SIZE 65536u   /* one recv; <= PAT_SPAN: one memcmp checks it */
-#define MAX_INFLIGHT 256   /* connects in flight per thread */
+#define PAT_PERIOD 65521u /* a prime: the stream's period */
+#define PAT_SPAN 65536u   /* longest piece taken from the pattern at once */
+#define RBUF_SIZE 65536u  /* one recv; <= PAT_SPAN: one memcmp checks it */
+#define MAX_INFLIGHT 256  /* connects in flight per thread */
 #define MAX_EVENTS 256
-#define PUSH_BURST 16      /* sends per writable event in push mode */
-#define MAX_WAIT_MS 100    /* how late a worker may notice a signal */
+#define PUSH_BURST 16   /* sends per writable event in push mode */
+#define MAX_WAIT_MS 100 /* how late a worker may notice a signal */
 #define NS_PER_S 1000000000ull
 #define CONNECT_TIMEOUT_NS (5 * NS_PER_S)
 #define GRACE_NS (5 * NS_PER_S)
@@ -126,7 +126,8 @@ struct hist {
 };
 
 static unsigned hist_bucket(uint64_t v) {
-  if (v < H_SUB) return (unsigned)v;
+  if (v < H_SUB)
+    return (unsigned)v;
   unsigned e = 63u - (unsigned)__builtin_clzll(v); /* >= H_SUB_BITS */
   unsigned sub = (unsigned)(v >> (e - H_SUB_BITS)) & (H_SUB - 1);
   return (e - H_SUB_BITS + 1) * H_SUB + sub;
@@ -134,7 +135,8 @@ static unsigned hist_bucket(uint64_t v) {
 
 /* The middle of bucket @b. */
 static double hist_value(unsigned b) {
-  if (b < H_SUB) return b;
+  if (b < H_SUB)
+    return b;
   unsigned shift = b / H_SUB - 1;
   double lo = (double)((uint64_t)(H_SUB + b % H_SUB) << shift);
   return lo + (double)(1ull << shift) / 2;
@@ -142,11 +144,14 @@ static double hist_value(unsigned b) {
 
 /* The @q quantile (0 < q <= 1), in ns; 0 when empty. */
 static double hist_quantile(const struct hist *h, double q) {
-  if (h->n == 0) return 0;
+  if (h->n == 0)
+    return 0;
   uint64_t rank = (uint64_t)(q * (double)h->n + 0.999999), cum = 0;
-  if (rank < 1) rank = 1;
+  if (rank < 1)
+    rank = 1;
   for (unsigned b = 0; b < H_BUCKETS; b++)
-    if ((cum += h->b[b]) >= rank) return hist_value(b);
+    if ((cum += h->b[b]) >= rank)
+      return hist_value(b);
   return hist_value(H_BUCKETS - 1);
 }
 
@@ -158,16 +163,26 @@ enum cstate { C_IDLE, C_CONNECTING, C_OPEN, C_DONE };
 
 /* One connection: 40 bytes, the whole cost of a held connection here. */
 struct conn {
-  uint64_t tx, rx;   /* stream offsets: bytes sent, bytes received */
-  uint64_t t_start;  /* connect started (ns), for the time-out */
-  uint32_t phase;    /* where this connection's stream starts in the pattern */
-  uint32_t events;   /* epoll interest now (0: not registered) */
+  uint64_t tx, rx;  /* stream offsets: bytes sent, bytes received */
+  uint64_t t_start; /* connect started (ns), for the time-out */
+  uint32_t phase;   /* where this connection's stream starts in the pattern */
+  uint32_t events;  /* epoll interest now (0: not registered) */
   int fd;
   uint8_t state;
 };
 
 /* Counters a worker owns; [K_REQS, K_BYTES] count in the window only. */
-enum { K_REQS, K_BYTES, K_OPEN, K_CONNECTING, K_TRIED, K_FAILED, K_LOST, K_MISM, K_COUNT };
+enum {
+  K_REQS,
+  K_BYTES,
+  K_OPEN,
+  K_CONNECTING,
+  K_TRIED,
+  K_FAILED,
+  K_LOST,
+  K_MISM,
+  K_COUNT
+};
 
 enum op { OP_CONNECT, OP_SEND, OP_RECV, OP_CLOSED };
 #define ERR_KINDS 8
@@ -182,22 +197,24 @@ struct worker {
   int ep;
   uint32_t nconns, next; /* connections; the next one to open */
   struct conn *conns;
-  uint64_t *sent_ns;     /* echo: depth send times per connection */
+  uint64_t *sent_ns; /* echo: depth send times per connection */
   unsigned char *rbuf;
   struct hist *hist;
-  uint64_t end;          /* r->end as of this iteration */
-  uint64_t c[K_COUNT];   /* read by main only after the join */
-  _Atomic uint64_t pub[K_COUNT]; /* c[] as of the last iteration: progress
-                                  * line and a worker that missed the grace */
+  uint64_t end;                   /* r->end as of this iteration */
+  uint64_t c[K_COUNT];            /* read by main only after the join */
+  _Atomic uint64_t pub[K_COUNT];  /* c[] as of the last iteration: progress
+                                   * line and a worker that missed the grace */
   struct errkind errs[ERR_KINDS]; /* the last one also takes any overflow */
-  char first_bad[160];   /* the first mismatch, described */
+  char first_bad[160];            /* the first mismatch, described */
   bool joined;
 };
 
 static void note_err(struct worker *w, int op, int err) {
   struct errkind *k = w->errs;
-  while (k < w->errs + ERR_KINDS - 1 && k->n && (k->op != op || k->err != err)) k++;
-  if (!k->n) k->op = op, k->err = err;
+  while (k < w->errs + ERR_KINDS - 1 && k->n && (k->op != op || k->err != err))
+    k++;
+  if (!k->n)
+    k->op = op, k->err = err;
   k->n++;
 }
 
@@ -212,17 +229,22 @@ static bool measuring(const struct worker *w, uint64_t t) {
 
 /* Set the connection's epoll interest; 0 or an errno. */
 static int interest(struct worker *w, struct conn *c, uint32_t events) {
-  if (c->events == events) return 0;
+  if (c->events == events)
+    return 0;
   struct epoll_event ev = {.events = events, .data.ptr = c};
-  if (epoll_ctl(w->ep, c->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &ev) != 0) return errno;
+  if (epoll_ctl(w->ep, c->events ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, c->fd, &ev) != 0)
+    return errno;
   c->events = events;
   return 0;
 }
 
 static void conn_close(struct worker *w, struct conn *c) {
-  if (c->state == C_OPEN) w->c[K_OPEN]--;
-  if (c->state == C_CONNECTING) w->c[K_CONNECTING]--;
-  if (c->fd >= 0) close(c->fd); /* also leaves the epoll set */
+  if (c->state == C_OPEN)
+    w->c[K_OPEN]--;
+  if (c->state == C_CONNECTING)
+    w->c[K_CONNECTING]--;
+  if (c->fd >= 0)
+    close(c->fd); /* also leaves the epoll set */
   c->fd = -1;
   c->state = C_DONE;
 }
@@ -251,13 +273,15 @@ static void conn_open(struct worker *w, struct conn *c, uint64_t now) {
   }
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   c->t_start = now;
-  if (connect(c->fd, (const struct sockaddr *)&o->addr, o->addrlen) != 0 && errno != EINPROGRESS) {
+  if (connect(c->fd, (const struct sockaddr *)&o->addr, o->addrlen) != 0 &&
+      errno != EINPROGRESS) {
     connect_failed(w, c, errno); /* loopback may refuse at once */
     return;
   }
   c->state = C_CONNECTING;
   w->c[K_CONNECTING]++;
-  if ((err = interest(w, c, EPOLLOUT)) != 0) connect_failed(w, c, err);
+  if ((err = interest(w, c, EPOLLOUT)) != 0)
+    connect_failed(w, c, err);
 }
 
 /* Open connections while the rate and the in-flight bound allow. */
@@ -266,7 +290,8 @@ static void open_more(struct worker *w, uint64_t now) {
   uint64_t target = w->nconns;
   if (o->rate > 0) {
     double allowed = o->rate * (double)(now - w->r->t0) / NS_PER_S + 1;
-    if (allowed < (double)target) target = (uint64_t)allowed;
+    if (allowed < (double)target)
+      target = (uint64_t)allowed;
   }
   while (w->next < target && w->c[K_CONNECTING] < MAX_INFLIGHT)
     conn_open(w, &w->conns[w->next++], now);
@@ -280,7 +305,8 @@ static void expire_connects(struct worker *w, uint64_t now) {
   }
 }
 
-static const unsigned char *stream_at(const struct worker *w, const struct conn *c, uint64_t off) {
+static const unsigned char *stream_at(const struct worker *w, const struct conn *c,
+                                      uint64_t off) {
   return w->r->pat + (c->phase + off) % PAT_PERIOD;
 }
 
@@ -302,26 +328,33 @@ static void echo_send(struct worker *w, struct conn *c) {
   while (c->tx < limit) {
     size_t len = limit - c->tx < PAT_SPAN ? (size_t)(limit - c->tx) : PAT_SPAN;
     ssize_t n = send(c->fd, stream_at(w, c, c->tx), len, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) break;
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno == EAGAIN)
+      break;
     if (n < 0) {
       conn_lost(w, c, OP_SEND, errno);
       return;
     }
     stamp_starts(w, c, (uint64_t)n, now_ns());
     c->tx += (uint64_t)n;
-    if ((size_t)n < len) break; /* the socket is full */
+    if ((size_t)n < len)
+      break; /* the socket is full */
   }
   int err = interest(w, c, EPOLLIN | (c->tx < limit ? EPOLLOUT : 0));
-  if (err) conn_lost(w, c, OP_SEND, err);
+  if (err)
+    conn_lost(w, c, OP_SEND, err);
 }
 
 /* Compare @n received bytes with the stream at c->rx. */
-static void echo_verify(struct worker *w, struct conn *c, const unsigned char *p, size_t n) {
+static void echo_verify(struct worker *w, struct conn *c, const unsigned char *p,
+                        size_t n) {
   const unsigned char *want = stream_at(w, c, c->rx);
-  if (memcmp(p, want, n) == 0) return;
+  if (memcmp(p, want, n) == 0)
+    return;
   for (size_t i = 0; i < n; i++) {
-    if (p[i] == want[i]) continue;
+    if (p[i] == want[i])
+      continue;
     if (!w->c[K_MISM] && !w->first_bad[0])
       snprintf(w->first_bad, sizeof w->first_bad,
                "connection %u, stream offset %llu: got 0x%02x, sent 0x%02x",
@@ -334,8 +367,10 @@ static void echo_recv(struct worker *w, struct conn *c) {
   const struct opts *o = &w->r->o;
   ssize_t n = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
   if (n <= 0) {
-    if (n == 0) conn_lost(w, c, OP_CLOSED, 0);
-    else if (errno != EAGAIN && errno != EINTR) conn_lost(w, c, OP_RECV, errno);
+    if (n == 0)
+      conn_lost(w, c, OP_CLOSED, 0);
+    else if (errno != EAGAIN && errno != EINTR)
+      conn_lost(w, c, OP_RECV, errno);
     return;
   }
   uint64_t now = now_ns(), good = (uint64_t)n, surplus = 0;
@@ -353,7 +388,8 @@ static void echo_recv(struct worker *w, struct conn *c) {
     w->hist->n++;
     w->c[K_REQS]++;
   }
-  if (meas) w->c[K_BYTES] += good;
+  if (meas)
+    w->c[K_BYTES] += good;
   if (surplus) {
     if (!w->first_bad[0])
       snprintf(w->first_bad, sizeof w->first_bad,
@@ -374,8 +410,10 @@ static void push_send(struct worker *w, struct conn *c) {
     uint64_t left = o->size - c->tx % o->size; /* of the current chunk */
     size_t len = left < PAT_SPAN ? (size_t)left : PAT_SPAN;
     ssize_t n = send(c->fd, stream_at(w, c, c->tx), len, MSG_NOSIGNAL);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && errno == EAGAIN) return;
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0 && errno == EAGAIN)
+      return;
     if (n < 0) {
       conn_lost(w, c, OP_SEND, errno);
       return;
@@ -385,7 +423,8 @@ static void push_send(struct worker *w, struct conn *c) {
       w->c[K_REQS] += (c->tx + (uint64_t)n) / o->size - c->tx / o->size;
     }
     c->tx += (uint64_t)n;
-    if ((size_t)n < len) return;
+    if ((size_t)n < len)
+      return;
   }
 }
 
@@ -393,8 +432,10 @@ static void push_send(struct worker *w, struct conn *c) {
  * (dropped). */
 static void hold_recv(struct worker *w, struct conn *c) {
   ssize_t n = recv(c->fd, w->rbuf, RBUF_SIZE, 0);
-  if (n == 0) conn_lost(w, c, OP_CLOSED, 0);
-  else if (n < 0 && errno != EAGAIN && errno != EINTR) conn_lost(w, c, OP_RECV, errno);
+  if (n == 0)
+    conn_lost(w, c, OP_CLOSED, 0);
+  else if (n < 0 && errno != EAGAIN && errno != EINTR)
+    conn_lost(w, c, OP_RECV, errno);
 }
 
 /* ---- the loop ------------------------------------------------------------ */
@@ -402,7 +443,8 @@ static void hold_recv(struct worker *w, struct conn *c) {
 static void conn_connected(struct worker *w, struct conn *c) {
   int err = 0;
   socklen_t len = sizeof err;
-  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+    err = errno;
   if (err) {
     connect_failed(w, c, err);
     return;
@@ -412,7 +454,8 @@ static void conn_connected(struct worker *w, struct conn *c) {
   c->state = C_OPEN;
   if (w->r->o.mode == M_ECHO) {
     echo_send(w, c);
-  } else if ((err = interest(w, c, w->r->o.mode == M_PUSH ? EPOLLOUT : EPOLLIN | EPOLLRDHUP))) {
+  } else if ((err = interest(w, c,
+                             w->r->o.mode == M_PUSH ? EPOLLOUT : EPOLLIN | EPOLLRDHUP))) {
     conn_lost(w, c, OP_RECV, err);
   } else if (w->r->o.mode == M_PUSH) {
     push_send(w, c);
@@ -424,14 +467,17 @@ static void on_event(struct worker *w, struct conn *c, uint32_t events) {
     conn_connected(w, c);
     return;
   }
-  if (c->state != C_OPEN) return; /* closed earlier in this batch */
+  if (c->state != C_OPEN)
+    return; /* closed earlier in this batch */
   if (w->r->o.mode == M_PUSH) {
     push_send(w, c); /* errors and hang-ups show up as a failing send */
   } else if (w->r->o.mode == M_HOLD) {
     hold_recv(w, c);
   } else {
-    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) echo_recv(w, c);
-    if (c->state == C_OPEN && (events & EPOLLOUT)) echo_send(w, c);
+    if (events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP))
+      echo_recv(w, c);
+    if (c->state == C_OPEN && (events & EPOLLOUT))
+      echo_send(w, c);
   }
 }
 
@@ -442,7 +488,8 @@ static int wait_ms(const struct worker *w, uint64_t now) {
   const struct opts *o = &w->r->o;
   if (o->rate > 0 && w->next < w->nconns && w->c[K_CONNECTING] < MAX_INFLIGHT) {
     uint64_t due = w->r->t0 + (uint64_t)((double)w->next * NS_PER_S / o->rate);
-    if (due < until) until = due;
+    if (due < until)
+      until = due;
   }
   uint64_t ms = until > now ? (until - now + 999999) / 1000000 : 0;
   return ms > MAX_WAIT_MS ? MAX_WAIT_MS : (int)ms;
@@ -454,8 +501,10 @@ static void drain_events(struct worker *w) {
   struct epoll_event ev[MAX_EVENTS];
   for (int round = 0; round < 1000; round++) {
     int n = epoll_wait(w->ep, ev, MAX_EVENTS, 0);
-    for (int i = 0; i < n; i++) on_event(w, ev[i].data.ptr, ev[i].events);
-    if (n < MAX_EVENTS) break;
+    for (int i = 0; i < n; i++)
+      on_event(w, ev[i].data.ptr, ev[i].events);
+    if (n < MAX_EVENTS)
+      break;
   }
 }
 
@@ -466,7 +515,8 @@ static void *worker_main(void *arg) {
   for (;;) {
     uint64_t now = now_ns();
     w->end = atomic_load_explicit(&w->r->end, memory_order_relaxed);
-    if (now >= w->end) break;
+    if (now >= w->end)
+      break;
     open_more(w, now);
     if (w->c[K_CONNECTING] && now - last_sweep >= NS_PER_S / 10) {
       expire_connects(w, now);
@@ -474,12 +524,15 @@ static void *worker_main(void *arg) {
     }
     publish(w);
     int n = epoll_wait(w->ep, ev, MAX_EVENTS, wait_ms(w, now));
-    for (int i = 0; i < n; i++) on_event(w, ev[i].data.ptr, ev[i].events);
+    for (int i = 0; i < n; i++)
+      on_event(w, ev[i].data.ptr, ev[i].events);
   }
-  if (w->r->o.mode == M_HOLD) drain_events(w);
+  if (w->r->o.mode == M_HOLD)
+    drain_events(w);
   /* c[K_OPEN] stays as it was: the held count. */
   for (uint32_t i = 0; i < w->next; i++)
-    if (w->conns[i].fd >= 0) close(w->conns[i].fd);
+    if (w->conns[i].fd >= 0)
+      close(w->conns[i].fd);
   publish(w);
   return NULL;
 }
@@ -510,19 +563,29 @@ static bool parse_num(const char *s, double lo, double hi, double *out) {
   char *end;
   errno = 0;
   double v = strtod(s, &end);
-  if (errno || end == s || *end || !(v >= lo && v <= hi)) return false;
+  if (errno || end == s || *end || !(v >= lo && v <= hi))
+    return false;
   *out = v;
+  return true;
+}
+
+/* A whole number in [lo, hi] into *out. */
+static bool parse_int(const char *s, long lo, long hi, long *out) {
+  double v;
+  if (!parse_num(s, (double)lo, (double)hi, &v) || v != (double)(long)v)
+    return false;
+  *out = (long)v;
   return true;
 }
 
 /* "127.0.0.1:80", "::1:80" or "[::1]:80" into o->addr. */
 static bool parse_target(const char *arg, struct opts *o) {
   const char *colon = strrchr(arg, ':');
-  double port;
+  long port;
   char host[INET6_ADDRSTRLEN + 2];
   size_t len = colon ? (size_t)(colon - arg) : 0;
-  if (!colon || len == 0 || len >= sizeof host || !parse_num(colon + 1, 1, 65535, &port) ||
-      port != (int)port) {
+  if (!colon || len == 0 || len >= sizeof host ||
+      !parse_int(colon + 1, 1, 65535, &port)) {
     fprintf(stderr, "axload: '%s' is not HOST:PORT\n", arg);
     return false;
   }
@@ -546,35 +609,68 @@ static bool parse_target(const char *arg, struct opts *o) {
     o->addrlen = sizeof *in6;
     snprintf(o->target, sizeof o->target, "[%s]:%d", host, (int)port);
   } else {
-    fprintf(stderr, "axload: '%s' is not a numeric IPv4 or IPv6 address (no name lookup)\n", host);
+    fprintf(stderr,
+            "axload: '%s' is not a numeric IPv4 or IPv6 address (no name lookup)\n",
+            host);
     return false;
   }
   return true;
 }
 
 static bool parse_args(int argc, char **argv, struct opts *o) {
-  *o = (struct opts){.threads = 1, .conns = 1, .rate = 128, .secs = 5, .warm = 1,
-                     .mode = M_ECHO, .size = 64, .depth = 1};
-  double v = 1;
+  *o = (struct opts){.threads = 1,
+                     .conns = 1,
+                     .rate = 128,
+                     .secs = 5,
+                     .warm = 1,
+                     .mode = M_ECHO,
+                     .size = 64,
+                     .depth = 1};
+  long v = 0;
   int ch;
   while ((ch = getopt(argc, argv, "t:c:r:d:w:m:s:p:qh")) != -1) {
     bool ok = true;
     switch (ch) {
-    case 't': ok = parse_num(optarg, 1, 256, &v) && v == (int)v, o->threads = (int)v; break;
-    case 'c': ok = parse_num(optarg, 1, 10000000, &v) && v == (int)v, o->conns = (int)v; break;
-    case 'r': ok = parse_num(optarg, 0, 1e9, &o->rate); break;
-    case 'd': ok = parse_num(optarg, 0.01, 86400, &o->secs); break;
-    case 'w': ok = parse_num(optarg, 0, 3600, &o->warm); break;
-    case 's': ok = parse_num(optarg, 1, 1 << 30, &v) && v == (int)v, o->size = (uint32_t)v; break;
-    case 'p': ok = parse_num(optarg, 1, 1024, &v) && v == (int)v, o->depth = (uint32_t)v; break;
-    case 'q': o->quiet = true; break;
+    case 't':
+      ok = parse_int(optarg, 1, 256, &v);
+      o->threads = (int)v;
+      break;
+    case 'c':
+      ok = parse_int(optarg, 1, 10000000, &v);
+      o->conns = (int)v;
+      break;
+    case 'r':
+      ok = parse_num(optarg, 0, 1e9, &o->rate);
+      break;
+    case 'd':
+      ok = parse_num(optarg, 0.01, 86400, &o->secs);
+      break;
+    case 'w':
+      ok = parse_num(optarg, 0, 3600, &o->warm);
+      break;
+    case 's':
+      ok = parse_int(optarg, 1, 1 << 30, &v);
+      o->size = (uint32_t)v;
+      break;
+    case 'p':
+      ok = parse_int(optarg, 1, 1024, &v);
+      o->depth = (uint32_t)v;
+      break;
+    case 'q':
+      o->quiet = true;
+      break;
     case 'm':
       for (o->mode = M_ECHO; o->mode <= M_HOLD; o->mode++)
-        if (strcmp(optarg, mode_names[o->mode]) == 0) break;
+        if (strcmp(optarg, mode_names[o->mode]) == 0)
+          break;
       ok = o->mode <= M_HOLD;
       break;
-    case 'h': usage(stdout); exit(0);
-    default: usage(stderr); return false;
+    case 'h':
+      usage(stdout);
+      exit(0);
+    default:
+      usage(stderr);
+      return false;
     }
     if (!ok) {
       fprintf(stderr, "axload: bad value for -%c: '%s'\n", ch, optarg);
@@ -585,21 +681,26 @@ static bool parse_args(int argc, char **argv, struct opts *o) {
     usage(stderr);
     return false;
   }
-  if (o->threads > o->conns) o->threads = o->conns;
+  if (o->threads > o->conns)
+    o->threads = o->conns;
   return parse_target(argv[optind], o);
 }
 
 /* Raise the soft fd limit to the hard one; warn when C cannot fit. */
 static void raise_nofile(int conns) {
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+    return;
   if (rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = rl.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) getrlimit(RLIMIT_NOFILE, &rl);
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      getrlimit(RLIMIT_NOFILE, &rl);
   }
   if (rl.rlim_cur != RLIM_INFINITY && (rlim_t)conns + 16 > rl.rlim_cur)
-    fprintf(stderr, "axload: warning: %d connections, but the open-files limit is %llu: "
-            "expect EMFILE\n", conns, (unsigned long long)rl.rlim_cur);
+    fprintf(stderr,
+            "axload: warning: %d connections, but the open-files limit is %llu: "
+            "expect EMFILE\n",
+            conns, (unsigned long long)rl.rlim_cur);
 }
 
 /* The pattern: PAT_PERIOD pseudo-random bytes, then its first PAT_SPAN
@@ -622,8 +723,10 @@ static bool worker_init(struct worker *w, struct run *r, int idx) {
   w->conns = calloc(w->nconns, sizeof *w->conns);
   w->rbuf = malloc(RBUF_SIZE);
   w->hist = calloc(1, sizeof *w->hist);
-  if (o->mode == M_ECHO) w->sent_ns = calloc((size_t)w->nconns * o->depth, sizeof *w->sent_ns);
-  if (w->ep < 0 || !w->conns || !w->rbuf || !w->hist || (o->mode == M_ECHO && !w->sent_ns)) {
+  if (o->mode == M_ECHO)
+    w->sent_ns = calloc((size_t)w->nconns * o->depth, sizeof *w->sent_ns);
+  if (w->ep < 0 || !w->conns || !w->rbuf || !w->hist ||
+      (o->mode == M_ECHO && !w->sent_ns)) {
     fprintf(stderr, "axload: thread set-up: %s\n", strerror(errno));
     return false;
   }
@@ -636,7 +739,8 @@ static bool worker_init(struct worker *w, struct run *r, int idx) {
 }
 
 static void worker_fini(struct worker *w) {
-  if (w->ep >= 0) close(w->ep);
+  if (w->ep >= 0)
+    close(w->ep);
   free(w->conns);
   free(w->sent_ns);
   free(w->rbuf);
@@ -649,13 +753,15 @@ static void worker_fini(struct worker *w) {
 
 static uint64_t sum_pub(struct worker *ws, int n, int k) {
   uint64_t s = 0;
-  for (int i = 0; i < n; i++) s += atomic_load_explicit(&ws[i].pub[k], memory_order_relaxed);
+  for (int i = 0; i < n; i++)
+    s += atomic_load_explicit(&ws[i].pub[k], memory_order_relaxed);
   return s;
 }
 
 static void end_now(struct run *r) {
   uint64_t now = now_ns();
-  if (now < atomic_load(&r->end)) atomic_store(&r->end, now);
+  if (now < atomic_load(&r->end))
+    atomic_store(&r->end, now);
 }
 
 /* Wait for the end, a signal, or nothing left to do; draw the progress line. */
@@ -668,13 +774,15 @@ static void supervise(struct run *r, struct worker *ws, int n) {
   uint64_t last_reqs = 0, last_t = r->t0;
   for (;;) {
     uint64_t now = now_ns(), end = atomic_load(&r->end);
-    if (now >= end) break;
+    if (now >= end)
+      break;
     uint64_t wait = end - now < NS_PER_S / 4 ? end - now : NS_PER_S / 4;
     struct timespec ts = {(time_t)(wait / NS_PER_S), (long)(wait % NS_PER_S)};
     int sig = sigtimedwait(&set, NULL, &ts);
     if (sig > 0) {
       end_now(r);
-      if (progress) fputs("\r\033[K", stderr);
+      if (progress)
+        fputs("\r\033[K", stderr);
       fprintf(stderr, "axload: %s: ending the run early\n", strsignal(sig));
       return;
     }
@@ -683,11 +791,14 @@ static void supervise(struct run *r, struct worker *ws, int n) {
       end_now(r); /* every connection failed or was lost */
       break;
     }
-    if (!progress) continue;
+    if (!progress)
+      continue;
     now = now_ns();
     uint64_t reqs = sum_pub(ws, n, K_REQS);
     double dt = (double)(now - last_t) / NS_PER_S;
-    fprintf(stderr, "\raxload: %5.1f s %-9s open %llu/%d  rps %.0f  errors %llu  mismatches %llu\033[K",
+    fprintf(stderr,
+            "\raxload: %5.1f s %-9s open %llu/%d  rps %.0f  errors %llu  mismatches "
+            "%llu\033[K",
             (double)(now - r->t0) / NS_PER_S, now < r->meas ? "warm-up" : "measuring",
             (unsigned long long)sum_pub(ws, n, K_OPEN), r->o.conns,
             dt > 0 ? (double)(reqs - last_reqs) / dt : 0.0,
@@ -695,7 +806,8 @@ static void supervise(struct run *r, struct worker *ws, int n) {
             (unsigned long long)sum_pub(ws, n, K_MISM));
     last_reqs = reqs, last_t = now;
   }
-  if (progress) fputs("\r\033[K", stderr);
+  if (progress)
+    fputs("\r\033[K", stderr);
 }
 
 /* Join every worker by the end of the grace period. */
@@ -704,7 +816,7 @@ static bool join_all(struct run *r, struct worker *ws, int n) {
   struct timespec rt;
   clock_gettime(CLOCK_REALTIME, &rt); /* pthread_timedjoin_np's clock */
   uint64_t abs_ns = (uint64_t)rt.tv_sec * NS_PER_S + (uint64_t)rt.tv_nsec +
-                 (deadline > now ? deadline - now : 0);
+                    (deadline > now ? deadline - now : 0);
   struct timespec until = {(time_t)(abs_ns / NS_PER_S), (long)(abs_ns % NS_PER_S)};
   bool all = true;
   for (int i = 0; i < n; i++) {
@@ -733,9 +845,12 @@ static void report_errors(const struct run *r, const struct worker *ws, int n) {
     for (int j = 0; ws[i].joined && j < ERR_KINDS && ws[i].errs[j].n; j++) {
       const struct errkind *e = &ws[i].errs[j];
       size_t k = 0;
-      while (k < used && (all[k].op != e->op || all[k].err != e->err)) k++;
-      if (k == used && used == sizeof all / sizeof all[0]) k--; /* fold in */
-      if (k == used) all[used++] = (struct errkind){e->op, e->err, 0};
+      while (k < used && (all[k].op != e->op || all[k].err != e->err))
+        k++;
+      if (k == used && used == sizeof all / sizeof all[0])
+        k--; /* fold in */
+      if (k == used)
+        all[used++] = (struct errkind){e->op, e->err, 0};
       all[k].n += e->n;
     }
     if (ws[i].joined && ws[i].first_bad[0])
@@ -744,8 +859,8 @@ static void report_errors(const struct run *r, const struct worker *ws, int n) {
   char buf[128];
   for (size_t k = 0; k < used; k++) {
     if (all[k].op == OP_CLOSED)
-      fprintf(stderr, "axload: %s: connection closed by the server (x %llu)\n", r->o.target,
-              (unsigned long long)all[k].n);
+      fprintf(stderr, "axload: %s: connection closed by the server (x %llu)\n",
+              r->o.target, (unsigned long long)all[k].n);
     else
       fprintf(stderr, "axload: %s %s: %s (x %llu)\n", ops[all[k].op], r->o.target,
               reason(all[k].err, buf, sizeof buf), (unsigned long long)all[k].n);
@@ -759,8 +874,10 @@ static int summarize(struct run *r, struct worker *ws, int n, bool all_joined) {
   for (int i = 0; i < n; i++) {
     for (int k = 0; k < K_COUNT; k++)
       c[k] += ws[i].joined ? ws[i].c[k] : atomic_load(&ws[i].pub[k]);
-    for (unsigned b = 0; h && ws[i].joined && b < H_BUCKETS; b++) h->b[b] += ws[i].hist->b[b];
-    if (h && ws[i].joined) h->n += ws[i].hist->n;
+    for (unsigned b = 0; h && ws[i].joined && b < H_BUCKETS; b++)
+      h->b[b] += ws[i].hist->b[b];
+    if (h && ws[i].joined)
+      h->n += ws[i].hist->n;
   }
   uint64_t end = atomic_load(&r->end);
   double secs = end > r->meas ? (double)(end - r->meas) / NS_PER_S : 0;
@@ -768,9 +885,10 @@ static int summarize(struct run *r, struct worker *ws, int n, bool all_joined) {
   if (c[K_MISM])
     fprintf(stderr, "axload: %llu mismatched bytes\n", (unsigned long long)c[K_MISM]);
   printf("axload mode=%s conns=%d threads=%d secs=%.2f reqs=%llu rps=%.0f mb_per_s=%.2f "
-         "p50_us=%.1f p99_us=%.1f errors=%llu mismatches=%llu connect_failed=%llu held=%llu\n",
-         mode_names[r->o.mode], r->o.conns, r->o.threads, secs, (unsigned long long)c[K_REQS],
-         secs > 0 ? (double)c[K_REQS] / secs : 0.0,
+         "p50_us=%.1f p99_us=%.1f errors=%llu mismatches=%llu connect_failed=%llu "
+         "held=%llu\n",
+         mode_names[r->o.mode], r->o.conns, r->o.threads, secs,
+         (unsigned long long)c[K_REQS], secs > 0 ? (double)c[K_REQS] / secs : 0.0,
          secs > 0 ? (double)c[K_BYTES] / secs / 1e6 : 0.0,
          h ? hist_quantile(h, 0.50) / 1e3 : 0.0, h ? hist_quantile(h, 0.99) / 1e3 : 0.0,
          (unsigned long long)c[K_LOST], (unsigned long long)c[K_MISM],
@@ -783,7 +901,8 @@ static int summarize(struct run *r, struct worker *ws, int n, bool all_joined) {
 
 int main(int argc, char **argv) {
   struct run r = {0};
-  if (!parse_args(argc, argv, &r.o)) return 2;
+  if (!parse_args(argc, argv, &r.o))
+    return 2;
   raise_nofile(r.o.conns);
   signal(SIGPIPE, SIG_IGN); /* every send has MSG_NOSIGNAL; belt and braces */
   /* Blocked before any thread exists: only the main thread's sigtimedwait
@@ -797,8 +916,10 @@ int main(int argc, char **argv) {
   unsigned char *pat = make_pattern();
   struct worker *ws = calloc((size_t)r.o.threads, sizeof *ws);
   bool ok = pat && ws;
-  for (int i = 0; ok && i < r.o.threads; i++) ws[i].ep = -1;
-  for (int i = 0; ok && i < r.o.threads; i++) ok = worker_init(&ws[i], &r, i);
+  for (int i = 0; ok && i < r.o.threads; i++)
+    ws[i].ep = -1;
+  for (int i = 0; ok && i < r.o.threads; i++)
+    ok = worker_init(&ws[i], &r, i);
   if (!ok) {
     fprintf(stderr, "axload: out of memory or fds at set-up\n");
     return 2;
@@ -816,11 +937,14 @@ int main(int argc, char **argv) {
       break;
     }
   }
-  if (started == r.o.threads) supervise(&r, ws, started);
+  if (started == r.o.threads)
+    supervise(&r, ws, started);
   bool joined = join_all(&r, ws, started);
   int status = summarize(&r, ws, started, joined);
-  if (!joined) _exit(1); /* a worker still runs: do not free under it */
-  for (int i = 0; i < r.o.threads; i++) worker_fini(&ws[i]);
+  if (!joined)
+    _exit(1); /* a worker still runs: do not free under it */
+  for (int i = 0; i < r.o.threads; i++)
+    worker_fini(&ws[i]);
   free(ws);
   free(pat);
   return started == r.o.threads ? status : 2;
