@@ -448,9 +448,9 @@ typedef void (*ax_file_cb)(ax_loop_t *loop, int status, ax_slice_t *data,
  * ax_file_read() / ax_file_write() - read @len bytes at @offset of @fd, or
  * write a copy of @len bytes there, without blocking the loop: native on
  * io_uring, otherwise on a small pool of blocking threads (shared by all
- * loops, started on first use) whose results come back
- * to the loop through a wake source (an eventfd) and a done list. The caller keeps @fd open until @cb. The loop stays alive while
- * an operation is pending. @len ≤ INT_MAX. Errors: -EINVAL, -ENOMEM,
+ * loops, started on first use) whose results come back to the loop through
+ * a done list and a wake source (an eventfd). The caller keeps @fd open
+ * until @cb. The loop stays alive while an operation is pending. @len ≤ INT_MAX. Errors: -EINVAL, -ENOMEM,
  * -ESHUTDOWN. If the loop is freed with operations pending, their callbacks
  * run from ax_loop_free() with -ECANCELED — which says the loop went first,
  * not that nothing happened (a write may have reached the file);
