@@ -448,11 +448,16 @@ typedef void (*ax_file_cb)(ax_loop_t *loop, int status, ax_slice_t *data,
  * ax_file_read() / ax_file_write() - read @len bytes at @offset of @fd, or
  * write a copy of @len bytes there, without blocking the loop: native on
  * io_uring, otherwise on a small pool of blocking threads (shared by all
- * loops, started on first use) whose results come back through the loop's
- * mailbox. The caller keeps @fd open until @cb. The loop stays alive while
- * an operation is pending. Errors: -EINVAL, -ENOMEM, -ESHUTDOWN.
- * If the loop is freed with operations pending, their callbacks run from
- * ax_loop_free() with -ECANCELED.
+ * loops, started on first use) whose results come back to the loop through
+ * a done list and a wake source (an eventfd). The caller keeps @fd open
+ * until @cb. The loop stays alive while an operation is pending. @len ≤ INT_MAX. Errors: -EINVAL, -ENOMEM,
+ * -ESHUTDOWN. If the loop is freed with operations pending, their callbacks
+ * run from ax_loop_free() with -ECANCELED — which says the loop went first,
+ * not that nothing happened (a write may have reached the file);
+ * ax_loop_free() waits for pool system calls already running on that
+ * loop's behalf, so none touches @fd after its callback. Read data on
+ * io_uring comes from the loop's allocator: a kept buffer must be released
+ * before the loop is freed (buf.h).
  */
 AX_API int ax_file_read(ax_loop_t *loop, int fd, uint64_t offset, size_t len,
                         ax_file_cb cb, void *ud);
