@@ -82,7 +82,8 @@ enum {
   AX__S_SPLICE_FROM = 0x0800, /* a splice reads it: the user may not */
   AX__S_IN_CB = 0x1000,     /* delivering to the user */
   AX__S_NOSENDFILE = 0x2000, /* sendfile refused this fd: read+write */
-  AX__S_SPLICE_TO = 0x4000  /* a splice writes it: the user may not */
+  AX__S_SPLICE_TO = 0x4000, /* a splice writes it: the user may not */
+  AX__S_OWED = 0x8000       /* listed in px->rdpend */
 };
 #define AX__S_SPLICING (AX__S_SPLICE_FROM | AX__S_SPLICE_TO)
 
@@ -100,14 +101,10 @@ struct ax__wreq {
   uint8_t kind;
 };
 
-/* What only some streams need, allocated on first use. */
+/* What only some streams need (filters, connect, splices, frames owed),
+ * allocated on first use: an echo server's streams never need it. */
 struct ax__sext {
-  size_t high, limit;
-  ax_stream_cb drain_cb;
   ax_stream_cb connect_cb;
-  ax_stream_cb shutdown_cb;
-  uint64_t wtimeout_ms;
-  ax_source_t *timer;       /* connect timeout, then the write deadline */
   struct ax__chain rchain, wchain;
   struct ax__splice *sp_out;  /* running splice reading this stream */
   struct ax__splice *sp_in;   /* running splice writing this stream */
@@ -146,24 +143,36 @@ extern const struct ax__sdrv ax__sdrv_uring;
 
 struct ax_stream {
   struct ax__list link;        /* px->streams, px->closing or px->done */
-  struct ax__list plink;       /* px->rdpend while deliveries are owed */
+  ax_stream_t *pnext;          /* px->rdpend while AX__S_OWED; free slots */
   ax_loop_t *loop;
   const struct ax__sdrv *drv;
-  ax_source_t *io;             /* readiness driver's source */
   void *ud;
-  ax_read_cb read_cb;
-  ax_close_cb close_cb;
+  union {                      /* the read callback until close, then the */
+    ax_read_cb read_cb;        /* close callback: no read callback runs */
+    ax_close_cb close_cb;      /* once closing */
+  };
+  ax_stream_cb drain_cb;
+  ax_source_t *timer;          /* connect timeout or write deadline, while
+                                  one is running */
   struct ax__sext *ext;        /* NULL until needed */
   ax_buflist_t wq;             /* queued data bytes */
   struct ax__wreq *wq_head, *wq_tail;
   uint64_t queued;             /* bytes of every request (data + file) */
   uint64_t bytes_read, bytes_written;
+  uint32_t high, limit;        /* write queue: high water, hard limit (0) */
+  uint32_t wtimeout_ms;        /* write deadline (0: none) */
   int fd;
   int err;                     /* the stream's error, once failed */
   uint32_t flags;
   uint32_t drv_state;          /* driver-private */
-  void *drv_data;              /* driver-private */
+  void *drv_data;              /* driver-private: the readiness driver's I/O
+                                  source, the native driver's state */
 };
+
+/* The documented cost of an idle stream (README, conn_scale): 200 bytes in
+ * the loop's stream slab + a 48-byte I/O source + an 8-byte fd-table slot
+ * = 256 on the readiness driver. */
+_Static_assert(sizeof(struct ax_stream) <= 200, "a stream is 200 bytes");
 
 /* Called by drivers. */
 /* Data read: through the read chain to the user. @data is borrowed. */
@@ -233,7 +242,9 @@ struct ax__px {
   struct ax__list closing;     /* closed, waiting for release + close cb */
   struct ax__list done;        /* released: close callbacks to run */
   ax_source_t *reaper;         /* defer: runs deferred completions */
-  struct ax__list rdpend;      /* streams owed a read delivery */
+  ax_stream_t *rdpend;         /* streams owed a read delivery (LIFO) */
+  ax_stream_t *sfree;          /* free stream slots */
+  struct ax__schunk *schunks;  /* the stream slab's chunks */
   struct ax__list listeners;
   struct ax__list udps;
   size_t nstreams;
@@ -248,6 +259,11 @@ struct ax__px {
   struct ax__wreq *wreq_free;  /* recycled requests */
   size_t nwreq_free;
 };
+
+/* Stream slots, from the loop's stream slab (no allocator header per
+ * stream); released slots are reused, chunks go with the loop. */
+ax_stream_t *ax__stream_slot(struct ax__px *px);
+void ax__stream_slot_free(struct ax__px *px, ax_stream_t *s);
 
 /* The loop's proactor state, created on first use (NULL: ENOMEM). */
 struct ax__px *ax__px(ax_loop_t *loop);

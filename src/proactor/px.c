@@ -20,7 +20,37 @@ struct ax__wdone {
   int status;
 };
 
-#define WREQ_KEEP 256 /* recycled requests kept per loop */
+#define WREQ_KEEP 256   /* recycled requests kept per loop */
+#define SCHUNK_SLOTS 64 /* streams per slab chunk */
+
+struct ax__schunk {
+  struct ax__schunk *next;
+  uint64_t pad_; /* slots stay 16-byte aligned */
+  ax_stream_t slot[SCHUNK_SLOTS];
+};
+
+ax_stream_t *ax__stream_slot(struct ax__px *px) {
+  ax_stream_t *s = px->sfree;
+  if (s == NULL) {
+    struct ax__schunk *c = ax__alloc(px->loop, sizeof(*c));
+    if (c == NULL)
+      return NULL;
+    c->next = px->schunks;
+    px->schunks = c;
+    for (int i = SCHUNK_SLOTS - 1; i >= 0; i--) {
+      c->slot[i].pnext = px->sfree;
+      px->sfree = &c->slot[i];
+    }
+    s = px->sfree;
+  }
+  px->sfree = s->pnext;
+  return s;
+}
+
+void ax__stream_slot_free(struct ax__px *px, ax_stream_t *s) {
+  s->pnext = px->sfree;
+  px->sfree = s;
+}
 
 static void px_fini(ax_loop_t *loop);
 static void reap(ax_source_t *src, void *data);
@@ -36,7 +66,6 @@ struct ax__px *ax__px(ax_loop_t *loop) {
   ax__list_init(&px->streams);
   ax__list_init(&px->closing);
   ax__list_init(&px->done);
-  ax__list_init(&px->rdpend);
   ax__list_init(&px->listeners);
   ax__list_init(&px->udps);
   if (ax_defer_new(loop, reap, px, &px->reaper) < 0) {
@@ -114,7 +143,7 @@ static void reap(ax_source_t *src, void *data) {
       c.cb(c.s, c.status, c.ud);
       continue;
     }
-    if (!ax__list_empty(&px->rdpend)) {
+    if (px->rdpend != NULL) {
       ax__streams_deliver(px);
       continue;
     }
@@ -160,6 +189,11 @@ static void px_fini(ax_loop_t *loop) {
     ax__free(loop, r);
   }
   ax__bufpool_fini(loop);
+  while (px->schunks) {
+    struct ax__schunk *c = px->schunks;
+    px->schunks = c->next;
+    ax__free(loop, c);
+  }
   ax__free(loop, px);
   loop->px = NULL;
   loop->px_fini = NULL;

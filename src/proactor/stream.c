@@ -34,13 +34,8 @@ struct ax__sext *ax__stream_ext(ax_stream_t *s) {
   if ((e = ax__alloc(s->loop, sizeof(*e))) == NULL)
     return NULL;
   memset(e, 0, sizeof(*e));
-  e->high = DEFAULT_HIGH;
   s->ext = e;
   return e;
-}
-
-static size_t high_of(const ax_stream_t *s) {
-  return s->ext ? s->ext->high : DEFAULT_HIGH;
 }
 
 bool ax__stream_wants_read(const ax_stream_t *s) {
@@ -84,24 +79,32 @@ static int64_t timer_cb(ax_source_t *t, void *data) {
   return AX_TIMER_CONTINUE;
 }
 
+/* The timer exists only while it runs, so an idle stream holds none. */
 static int timer_arm(ax_stream_t *s, uint64_t ms) {
-  struct ax__sext *e = s->ext;
   int r;
-  if (e->timer == NULL &&
-      (r = ax_timer_new(s->loop, timer_cb, s, &e->timer)) < 0)
+  if (s->timer == NULL &&
+      (r = ax_timer_new(s->loop, timer_cb, s, &s->timer)) < 0)
     return r;
-  return ax_timer_start(e->timer, ms, 0);
+  return ax_timer_start(s->timer, ms, 0);
 }
 
-/* The queue made progress or changed: restart or stop the deadline. */
+static void timer_drop(ax_stream_t *s) {
+  if (s->timer != NULL) {
+    ax_source_free(s->timer);
+    s->timer = NULL;
+  }
+}
+
+/* The queue made progress or changed: restart or drop the deadline. */
 static void deadline_update(ax_stream_t *s) {
-  struct ax__sext *e = s->ext;
-  if (e == NULL || e->wtimeout_ms == 0 || (s->flags & AX__S_CONNECTING))
+  if (s->flags & AX__S_CONNECTING)
     return;
-  if (s->wq_head != NULL && !(s->flags & AX__S_FAILED))
-    timer_arm(s, e->wtimeout_ms); /* a failure leaves no deadline: rare */
-  else if (e->timer)
-    ax_source_stop(e->timer);
+  if (s->wtimeout_ms && s->wq_head != NULL && !(s->flags & AX__S_FAILED)) {
+    if (timer_arm(s, s->wtimeout_ms) < 0)
+      timer_drop(s); /* ENOMEM: no deadline rather than a stale one */
+  } else {
+    timer_drop(s);
+  }
 }
 
 /* ---- creation ----------------------------------------------------------- */
@@ -139,18 +142,18 @@ static int stream_new(ax_loop_t *loop, int fd, void *ud, uint32_t flags,
   int r;
   if ((r = classify(fd, &flags)) < 0 || (r = set_nonblock(fd)) < 0)
     return r;
-  if ((px = ax__px(loop)) == NULL || (s = ax__alloc(loop, sizeof(*s))) == NULL)
+  if ((px = ax__px(loop)) == NULL || (s = ax__stream_slot(px)) == NULL)
     return -ENOMEM;
   memset(s, 0, sizeof(*s));
   s->loop = loop;
   s->fd = fd;
   s->ud = ud;
   s->flags = flags;
-  ax__list_init(&s->plink);
+  s->high = DEFAULT_HIGH;
   ax_buflist_init(&s->wq, loop);
   s->drv = px->sdrv;
   if ((r = s->drv->attach(s)) < 0) {
-    ax__free(loop, s);
+    ax__stream_slot_free(px, s);
     return r;
   }
   if (!(flags & AX__S_SOCKET))
@@ -208,8 +211,7 @@ void ax__stream_on_connect(ax_stream_t *s, int status) {
   if (!(s->flags & AX__S_CONNECTING))
     return;
   s->flags &= ~AX__S_CONNECTING;
-  if (e->timer)
-    ax_source_stop(e->timer);
+  timer_drop(s);
   if (status < 0) {
     ax__stream_fail(s, status); /* queued writes complete with it */
   } else {
@@ -263,8 +265,11 @@ static void frames_clear(ax_stream_t *s) {
 
 static void owe_delivery(ax_stream_t *s) {
   struct ax__px *px = s->loop->px;
-  if (ax__list_empty(&s->plink))
-    ax__list_append(&px->rdpend, &s->plink);
+  if (!(s->flags & AX__S_OWED)) {
+    s->flags |= AX__S_OWED;
+    s->pnext = px->rdpend;
+    px->rdpend = s;
+  }
   ax__px_kick(px);
 }
 
@@ -356,11 +361,13 @@ static void deliver_owed(ax_stream_t *s) {
     s->drv->read_start(s);
 }
 
+/* A stream closed while listed stays listed (its memory goes only after
+ * this list is empty: see the reaper) and is skipped here. */
 void ax__streams_deliver(struct ax__px *px) {
-  while (!ax__list_empty(&px->rdpend)) {
-    ax_stream_t *s =
-        ax__container_of(px->rdpend.next, struct ax_stream, plink);
-    ax__list_unlink(&s->plink);
+  while (px->rdpend != NULL) {
+    ax_stream_t *s = px->rdpend;
+    px->rdpend = s->pnext;
+    s->flags &= ~AX__S_OWED;
     deliver_owed(s);
   }
 }
@@ -440,7 +447,6 @@ void ax__stream_fail(ax_stream_t *s, int err) {
 /* ---- writing ------------------------------------------------------------ */
 
 static int write_check(const ax_stream_t *s, size_t len) {
-  const struct ax__sext *e = s->ext;
   if (s->flags & AX__S_CLOSING)
     return -EINVAL;
   if (s->flags & AX__S_FAILED)
@@ -449,7 +455,7 @@ static int write_check(const ax_stream_t *s, size_t len) {
     return -EPIPE;
   if (s->flags & AX__S_SPLICE_TO)
     return -EBUSY;
-  if (e && e->limit && s->queued + len > e->limit)
+  if (s->limit && s->queued + len > s->limit)
     return -ENOBUFS;
   return 0;
 }
@@ -476,7 +482,7 @@ static int req_add(ax_stream_t *s, int kind, uint64_t len, ax_write_cb cb,
     s->wq_tail = r;
   }
   s->queued += len;
-  if (s->queued > high_of(s))
+  if (s->queued > s->high)
     s->flags |= AX__S_ABOVE_HIGH;
   return 0;
 }
@@ -707,10 +713,10 @@ void ax__stream_on_written(ax_stream_t *s, uint64_t n) {
   if (s->wq_head == NULL && ax_buflist_count(&s->wq) == 0)
     ax_buflist_clear(&s->wq); /* an idle stream holds no ring */
   deadline_update(s);
-  if ((s->flags & AX__S_ABOVE_HIGH) && s->queued <= high_of(s) / 2) {
+  if ((s->flags & AX__S_ABOVE_HIGH) && s->queued <= s->high / 2) {
     s->flags &= ~AX__S_ABOVE_HIGH;
-    if (s->ext && s->ext->drain_cb)
-      ax__px_complete(px, s, (ax_write_cb)s->ext->drain_cb, s->ud, 0);
+    if (s->drain_cb)
+      ax__px_complete(px, s, (ax_write_cb)s->drain_cb, s->ud, 0);
   }
 }
 
@@ -759,30 +765,26 @@ bool ax_stream_writable(const ax_stream_t *s) {
 
 int ax_stream_set_write_limits(ax_stream_t *s, size_t high, size_t limit,
                                ax_stream_cb drain_cb) {
-  struct ax__sext *e;
-  if (s == NULL || high == 0 || (limit && limit < high))
+  if (s == NULL || high == 0 || (limit && limit < high) ||
+      (s->flags & AX__S_CLOSING))
     return -EINVAL;
-  if ((e = ax__stream_ext(s)) == NULL)
-    return -ENOMEM;
-  e->high = high;
-  e->limit = limit;
-  e->drain_cb = drain_cb;
+  if (high > UINT32_MAX || limit > UINT32_MAX)
+    return -ERANGE;
+  s->high = (uint32_t)high;
+  s->limit = (uint32_t)limit;
+  s->drain_cb = drain_cb;
   if (s->queued > high)
     s->flags |= AX__S_ABOVE_HIGH;
   return 0;
 }
 
 int ax_stream_set_write_timeout(ax_stream_t *s, uint64_t ms) {
-  struct ax__sext *e;
   if (s == NULL || (s->flags & AX__S_CLOSING))
     return -EINVAL;
-  if ((e = ax__stream_ext(s)) == NULL)
-    return -ENOMEM;
-  e->wtimeout_ms = ms;
-  if (ms == 0 && e->timer && !(s->flags & AX__S_CONNECTING))
-    ax_source_stop(e->timer);
-  else
-    deadline_update(s);
+  if (ms > UINT32_MAX)
+    return -ERANGE;
+  s->wtimeout_ms = (uint32_t)ms;
+  deadline_update(s);
   return 0;
 }
 
@@ -793,8 +795,6 @@ static void ext_release(ax_stream_t *s) {
   if (e == NULL)
     return;
   frames_clear(s);
-  if (e->timer)
-    ax_source_free(e->timer);
   ax__chain_fini(&e->rchain);
   ax__chain_fini(&e->wchain);
   ax__free(s->loop, e);
@@ -805,7 +805,7 @@ static void ext_release(ax_stream_t *s) {
 void ax__stream_free(ax_stream_t *s) {
   ext_release(s);
   ax_buflist_clear(&s->wq);
-  ax__free(s->loop, s);
+  ax__stream_slot_free(s->loop->px, s);
 }
 
 void ax__stream_released(ax_stream_t *s) {
@@ -831,12 +831,10 @@ int ax_stream_close(ax_stream_t *s, ax_close_cb cb) {
   s->flags &= ~AX__S_READING;
   s->close_cb = cb;
   queue_fail(s, -ECANCELED);
-  ax__list_unlink(&s->plink);
-  /* The extension (filters, frames, timer) is freed with the stream: a
-   * filter may be running right now, below the callback closing it. */
+  /* The extension (filters, frames) is freed with the stream: a filter
+   * may be running right now, below the callback closing it. */
   frames_clear(s);
-  if (s->ext && s->ext->timer)
-    ax_source_stop(s->ext->timer);
+  timer_drop(s);
   ax__list_unlink(&s->link);
   ax__list_append(&px->closing, &s->link);
   px->nstreams--;
@@ -851,7 +849,7 @@ int ax_stream_detach(ax_stream_t *s, int *fd) {
   if (s == NULL || fd == NULL || (s->flags & AX__S_CLOSING))
     return -EINVAL;
   if (s->wq_head || (s->flags & (AX__S_SPLICING | AX__S_CONNECTING)) ||
-      !ax__list_empty(&s->plink) ||
+      (s->flags & AX__S_OWED) ||
       (s->ext && (!ax__chain_empty(&s->ext->rchain) ||
                   !ax__chain_empty(&s->ext->wchain) || s->ext->fn > 0)))
     return -EBUSY;
@@ -876,7 +874,7 @@ static void streams_fini(struct ax__px *px) {
   while (!ax__list_empty(&px->streams)) {
     ax_stream_t *s =
         ax__container_of(px->streams.next, struct ax_stream, link);
-    ax_stream_close(s, s->close_cb);
+    ax_stream_close(s, NULL);
   }
 }
 

@@ -23,6 +23,9 @@
 
 static void update(ax_stream_t *s);
 
+/* The stream's I/O source lives in drv_data (see struct ax_stream). */
+static ax_source_t *io_of(const ax_stream_t *s) { return s->drv_data; }
+
 /* ---- reading ------------------------------------------------------------ */
 
 static void do_read(ax_stream_t *s) {
@@ -177,11 +180,11 @@ static void update(ax_stream_t *s) {
   if (want == s->drv_state)
     return;
   if (want == 0) {
-    ax_source_stop(s->io);
+    ax_source_stop(io_of(s));
     s->drv_state = 0;
     return;
   }
-  if ((r = ax_io_start(s->io, want)) < 0) {
+  if ((r = ax_io_start(io_of(s), want)) < 0) {
     ax__stream_fail(s, r); /* leaves want 0: no recursion */
     return;
   }
@@ -191,7 +194,11 @@ static void update(ax_stream_t *s) {
 /* ---- the driver --------------------------------------------------------- */
 
 static int rd_attach(ax_stream_t *s) {
-  return ax_io_new(s->loop, s->fd, io_cb, s, &s->io);
+  ax_source_t *io;
+  int r = ax_io_new(s->loop, s->fd, io_cb, s, &io);
+  if (r == 0)
+    s->drv_data = io;
+  return r;
 }
 
 static int rd_read_start(ax_stream_t *s) {
@@ -211,15 +218,15 @@ static int rd_connect_wait(ax_stream_t *s) {
 }
 
 static void rd_close(ax_stream_t *s) {
-  ax_source_free(s->io);
-  s->io = NULL;
+  ax_source_free(io_of(s));
+  s->drv_data = NULL;
   s->drv_state = 0;
   ax__stream_released(s);
 }
 
 static int rd_detach(ax_stream_t *s) {
-  ax_source_free(s->io);
-  s->io = NULL;
+  ax_source_free(io_of(s));
+  s->drv_data = NULL;
   s->drv_state = 0;
   return 0;
 }
