@@ -28,13 +28,15 @@
 #include <string.h>
 #include <unistd.h>
 
-enum { CLIENT, UPSTREAM, CONNECT_TIMEOUT_MS = 5000 };
+#define CONNECT_TIMEOUT_MS 5000
+enum { CLIENT, UPSTREAM };
 
 struct proxy {
   ax_addr_t to;
   const char *key; /* --xor, or NULL: splice */
   size_t keylen;
-  struct conn *conns; /* open connections, for the exit */
+  struct conn *conns; /* not closed yet: at exit, ax_loop_free() closes their
+                         streams without calling us, and main() frees them */
   unsigned long long nconns, bytes;
 };
 
@@ -48,7 +50,10 @@ struct conn {
 };
 
 static void conn_free(struct conn *c) {
-  *(c->prev ? &c->prev->next : &c->px->conns) = c->next;
+  if (c->prev)
+    c->prev->next = c->next;
+  else
+    c->px->conns = c->next;
   if (c->next) c->next->prev = c->prev;
   free(c);
 }
@@ -59,8 +64,8 @@ static void on_close(ax_stream_t *s, void *ud) {
   if (--c->open == 0) conn_free(c);
 }
 
-/* Close both streams; @c goes with the last close callback. Inside
- * ax_loop_free() they may be closed already (no callback): main() frees. */
+/* Close both streams; @c goes with the last close callback. (Inside
+ * ax_loop_free() they are closed already: no callback, main() frees @c.) */
 static void conn_close(struct conn *c) {
   if (c->closing) return;
   c->closing = true;
@@ -82,13 +87,14 @@ static void pass_eof(struct conn *c, ax_stream_t *to) { /* after what is queued 
   if (ax_stream_shutdown(to, on_shut) < 0) conn_close(c);
 }
 
-static void on_spliced(ax_stream_t *from, ax_stream_t *to, int status, uint64_t n,
-                       void *ud) {
+static void on_spliced(ax_stream_t *from, ax_stream_t *to, int status, uint64_t n, void *ud) {
   struct conn *c = ud;
   (void)from;
   c->px->bytes += n;
-  if (status == AX_EOF) pass_eof(c, to);
-  else conn_close(c); /* an error, or -ECANCELED: closing already */
+  if (status == AX_EOF)
+    pass_eof(c, to);
+  else
+    conn_close(c); /* an error, or -ECANCELED: closing already */
 }
 
 /* --xor: write a XORed copy of @in to @to. */
@@ -140,8 +146,7 @@ static void on_connected(ax_stream_t *up, int status, void *ud) {
   }
 }
 
-static void on_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *from,
-                      void *ud) {
+static void on_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *from, void *ud) {
   struct proxy *px = ud;
   (void)from;
   if (status < 0) { /* EMFILE: the listener sheds and pauses by itself */
@@ -187,8 +192,7 @@ static int parse_port(const char *s, unsigned *port) {
 }
 
 /* Options come in pairs; --to HOST:PORT is a numeric address ("[::1]:7" too). */
-static int parse_args(int argc, char **argv, unsigned *port, ax_backend_t *be,
-                      struct proxy *px) {
+static int parse_args(int argc, char **argv, unsigned *port, ax_backend_t *be, struct proxy *px) {
   static const char *names[] = {"epoll", "poll", "select", "io_uring"};
   static const ax_backend_t ids[] = {AX_BACKEND_EPOLL, AX_BACKEND_POLL, AX_BACKEND_SELECT,
                                      AX_BACKEND_URING};
@@ -232,8 +236,10 @@ int main(int argc, char **argv) {
   struct proxy px = {.key = NULL};
   unsigned port = 0;
   if (parse_args(argc, argv, &port, &opts.backend, &px) < 0) {
-    fprintf(stderr, "usage: %s --port P --to HOST:PORT [--backend epoll|poll|select|"
-                    "io_uring] [--xor KEY]\n", argv[0]);
+    fprintf(stderr,
+            "usage: %s --port P --to HOST:PORT [--backend epoll|poll|select|"
+            "io_uring] [--xor KEY]\n",
+            argv[0]);
     return 2;
   }
   sigset_t set; /* signals arrive as loop events only */
@@ -259,7 +265,7 @@ int main(int argc, char **argv) {
     rc = step(ax_loop_run(loop, AX_RUN_DEFAULT), "ax_loop_run");
   }
   ax_loop_free(loop); /* closes every stream; splices end with -ECANCELED */
-  while (px.conns) conn_free(px.conns); /* those it closed without our callback */
+  while (px.conns) conn_free(px.conns);
   printf("proxy: %llu connections, %llu bytes\n", px.nconns, px.bytes);
   return rc < 0 ? 1 : 0;
 }

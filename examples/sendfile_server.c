@@ -39,8 +39,7 @@ static void on_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
   (void)s, (void)status, (void)data, (void)ud;
 }
 
-static void on_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *peer,
-                      void *ud) {
+static void on_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *peer, void *ud) {
   const struct file *f = ud;
   ax_stream_t *s;
   int rc;
@@ -106,8 +105,10 @@ int main(int argc, char **argv) {
   const char *path = NULL;
   struct file f = {.fd = -1, .timeout_ms = 10000};
   if (parse_args(argc, argv, &port, &path, &f.timeout_ms, &opts.backend) < 0) {
-    fprintf(stderr, "usage: %s --port P --file PATH [--backend epoll|poll|select|io_uring]"
-                    " [--write-timeout MS]\n", argv[0]);
+    fprintf(stderr,
+            "usage: %s --port P --file PATH [--backend epoll|poll|select|io_uring]"
+            " [--write-timeout MS]\n",
+            argv[0]);
     return 2;
   }
   struct stat st;

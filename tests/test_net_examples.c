@@ -221,7 +221,7 @@ static struct child *start_server(char **argv, unsigned *port) {
 
 static struct child *start_echo(unsigned *port) {
   char *argv[] = {EXAMPLE("echo_proactor"), "--port", "0", "--backend",
-                  (char *)backend_name(), NULL};
+                  (char *)backend_name(),   NULL};
   return start_server(argv, port);
 }
 
@@ -229,8 +229,9 @@ static struct child *start_echo(unsigned *port) {
 static struct child *start_proxy(unsigned to, const char *key, unsigned *port) {
   char dest[32];
   snprintf(dest, sizeof dest, "127.0.0.1:%u", to);
-  char *argv[] = {EXAMPLE("proxy"), "--port", "0", "--to", dest, "--backend",
-                  (char *)backend_name(), key ? "--xor" : NULL, (char *)key, NULL};
+  char *argv[] = {
+      EXAMPLE("proxy"),     "--port",    "0", "--to", dest, "--backend", (char *)backend_name(),
+      key ? "--xor" : NULL, (char *)key, NULL};
   return start_server(argv, port);
 }
 
@@ -242,8 +243,7 @@ static void stop_server(struct child *c, int signo) {
 
 /* Stop a proxy with @signo: it must print its counts and exit 0. @bytes
  * (unless -1) is checked too. */
-static void stop_proxy(struct child *c, int signo, unsigned long long conns,
-                       long long bytes) {
+static void stop_proxy(struct child *c, int signo, unsigned long long conns, long long bytes) {
   char line[128];
   unsigned long long n = 0, b = 0;
   int used = 0;
@@ -252,8 +252,8 @@ static void stop_proxy(struct child *c, int signo, unsigned long long conns,
   if (sscanf(line, "proxy: %llu connections, %llu bytes%n", &n, &b, &used) != 2 || line[used])
     fail_msg("unexpected last line from proxy: \"%s\"", line);
   if (n != conns || (bytes >= 0 && b != (unsigned long long)bytes))
-    fail_msg("proxy counted %llu connections and %llu bytes, want %llu and %lld", n, b,
-             conns, bytes);
+    fail_msg("proxy counted %llu connections and %llu bytes, want %llu and %lld", n, b, conns,
+             bytes);
   child_expect_exit0(c, 10000);
 }
 
@@ -389,9 +389,8 @@ static int connect_nb(unsigned port) {
 
 static void client_send(struct client *cl, size_t i) {
   size_t left = cl->tosend - cl->sent;
-  ssize_t w = left ? send(cl->fd, cl->data + cl->sent, left < 65536 ? left : 65536,
-                          MSG_NOSIGNAL)
-                   : 0;
+  ssize_t w =
+      left ? send(cl->fd, cl->data + cl->sent, left < 65536 ? left : 65536, MSG_NOSIGNAL) : 0;
   if (w < 0 && errno != EAGAIN && errno != EINTR)
     fail_msg("client %zu: send after %zu bytes: %s", i, cl->sent, strerror(errno));
   if (w > 0) cl->sent += (size_t)w;
@@ -448,8 +447,8 @@ static void clients_run(unsigned port, int timeout_ms) {
       while (g_clients[i].done) i++;
       fail_msg("%zu of %zu clients unfinished after %d ms (client %zu: sent %zu of %zu, got "
                "%zu of %zu)",
-               left, n, timeout_ms, i, g_clients[i].sent, g_clients[i].tosend,
-               g_clients[i].recvd, g_clients[i].expect);
+               left, n, timeout_ms, i, g_clients[i].sent, g_clients[i].tosend, g_clients[i].recvd,
+               g_clients[i].expect);
     }
     for (size_t i = 0; r > 0 && i < n; i++) {
       struct client *cl = &g_clients[i];
@@ -666,7 +665,8 @@ static void expect_eof(int fd, int ms, const char *who) {
   char b;
   if (poll(&p, 1, ms) != 1) fail_msg("%s: no EOF within %d ms", who, ms);
   ssize_t r = recv(fd, &b, 1, MSG_DONTWAIT);
-  if (r != 0) fail_msg("%s: want EOF, recv returned %zd (%s)", who, r, r < 0 ? strerror(errno) : "a byte");
+  if (r != 0)
+    fail_msg("%s: want EOF, recv returned %zd (%s)", who, r, r < 0 ? strerror(errno) : "a byte");
 }
 
 /* @n pseudo-random bytes. */
@@ -692,7 +692,7 @@ static void test_echo_one(void **state) {
   (void)state;
   unsigned port;
   struct child *srv = start_echo(&port);
-  echo_roundtrip(port, 1, 1, 1, 0);             /* one byte */
+  echo_roundtrip(port, 1, 1, 1, 0);               /* one byte */
   echo_roundtrip(port, 1, 64 * 1024, 2 * MIB, 0); /* random size, > the 64 KiB high water */
   stop_server(srv, SIGTERM);
 }
@@ -762,8 +762,8 @@ static void test_echo_bounded(void **state) {
   long grown = rss_kib(srv->pid) - before;
   if (sent >= size) fail_msg("all %zu bytes sent to a client that reads nothing", sent);
   if (grown > 16 * 1024)
-    fail_msg("echo_proactor grew by %ld KiB while a client sent %zu bytes and read none",
-             grown, sent);
+    fail_msg("echo_proactor grew by %ld KiB while a client sent %zu bytes and read none", grown,
+             sent);
   set_linger0(fd);
   close(fd);
   assert_alive(srv);
@@ -843,7 +843,8 @@ static void upstream_dialog(const char *key) {
   pump(cfd, a, na, ufd, got); /* client → upstream */
   memcpy(want, a, na);
   xor_key(want, na, key, &pos_up);
-  if (memcmp(got, want, na) != 0) fail_msg("the upstream got other bytes than sent%s", key ? " XORed" : "");
+  if (memcmp(got, want, na) != 0)
+    fail_msg("the upstream got other bytes than sent%s", key ? " XORed" : "");
   pump(ufd, b, nb, cfd, got); /* upstream → client */
   memcpy(want, b, nb);
   xor_key(want, nb, key, &pos_down);
@@ -859,7 +860,11 @@ static void upstream_dialog(const char *key) {
   expect_eof(ufd, 5000, "upstream after the client's shutdown");
   close(cfd);
   close(ufd);
-  free(a), free(b), free(c), free(got), free(want);
+  free(a);
+  free(b);
+  free(c);
+  free(got);
+  free(want);
   stop_proxy(px, SIGTERM, 1, (long long)(na + nb + nc));
 }
 
@@ -955,9 +960,16 @@ static const char *make_file(size_t size) {
 }
 
 static struct child *start_sendfile(const char *path, const char *timeout_ms, unsigned *port) {
-  char *argv[] = {EXAMPLE("sendfile_server"), "--port", "0", "--file", (char *)path,
-                  "--backend", (char *)backend_name(), timeout_ms ? "--write-timeout" : NULL,
-                  (char *)timeout_ms, NULL};
+  char *argv[] = {EXAMPLE("sendfile_server"),
+                  "--port",
+                  "0",
+                  "--file",
+                  (char *)path,
+                  "--backend",
+                  (char *)backend_name(),
+                  timeout_ms ? "--write-timeout" : NULL,
+                  (char *)timeout_ms,
+                  NULL};
   return start_server(argv, port);
 }
 
@@ -1010,8 +1022,10 @@ static void test_sendfile_timeout(void **state) {
     fail_msg("server did not take the connection");
   int64_t t0 = now_ms();
   int have = fds_settle(srv->pid, idle, 5000);
-  if (have != idle) fail_msg("a client reading nothing still held after 5 s (%d fds, %d idle)", have, idle);
-  if (now_ms() - t0 < 200) fail_msg("cut after %lld ms, before the 300 ms timeout", (long long)(now_ms() - t0));
+  if (have != idle)
+    fail_msg("a client reading nothing still held after 5 s (%d fds, %d idle)", have, idle);
+  if (now_ms() - t0 < 200)
+    fail_msg("cut after %lld ms, before the 300 ms timeout", (long long)(now_ms() - t0));
   /* What was sent before the cut is the file's start; the rest never comes. */
   static unsigned char buf[65536];
   size_t got = 0;
