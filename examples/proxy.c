@@ -16,9 +16,9 @@
  * (client → proxy → proxy → server) carry XORed bytes between them and plain
  * bytes at both ends. These bytes go through user space: read from one side,
  * written to the other, reading paused while the other side's queue is above
- * its high-water mark and resumed on its drain. The XOR is done in forward()
- * because the library's ax_filter_xor() is not linked in yet; with it, that is
- * ax_filter_xor() on the upstream stream's write and read chains.
+ * its high-water mark and resumed on its drain. The XOR itself is the
+ * ax_filter_xor() stage on the upstream stream's write and read chains:
+ * this file only moves slices.
  */
 #include <axon/axon.h>
 
@@ -46,7 +46,6 @@ struct conn {
   ax_stream_t *s[2];
   int open, done; /* streams not closed yet; directions whose EOF was passed on */
   bool closing;
-  size_t kpos[2]; /* --xor: key position of the bytes from the client, the upstream */
 };
 
 static void conn_free(struct conn *c) {
@@ -97,27 +96,12 @@ static void on_spliced(ax_stream_t *from, ax_stream_t *to, int status, uint64_t 
     conn_close(c); /* an error, or -ECANCELED: closing already */
 }
 
-/* --xor: write a XORed copy of @in to @to. */
-static int forward(struct conn *c, ax_stream_t *from, ax_stream_t *to, ax_slice_t in) {
-  size_t *k = &c->kpos[from == c->s[UPSTREAM]];
-  ax_buf_t *b;
-  int rc = ax_buf_new(ax_stream_loop(to), in.len, &b);
-  if (rc < 0) return rc;
-  const unsigned char *p = (const unsigned char *)ax_slice_ptr(in);
-  unsigned char *q = (unsigned char *)ax_buf_data(b);
-  for (uint32_t i = 0; i < in.len; i++, *k = (*k + 1) % c->px->keylen)
-    q[i] = p[i] ^ (unsigned char)c->px->key[*k];
-  rc = ax_stream_write_slices(to, &(ax_slice_t){b, 0, in.len}, 1, NULL, NULL);
-  ax_buf_unref(b); /* the write queue took its own reference */
-  return rc;
-}
-
 static void on_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
   struct conn *c = ud;
   ax_stream_t *to = peer(c, s);
   if (status == AX_EOF) {
     pass_eof(c, to);
-  } else if (status < 0 || forward(c, s, to, *data) < 0) {
+  } else if (status < 0 || ax_stream_write_slices(to, data, 1, NULL, NULL) < 0) {
     conn_close(c);
   } else {
     c->px->bytes += (unsigned)status;
@@ -135,6 +119,9 @@ static void on_drain(ax_stream_t *s, int status, void *ud) {
 static void on_connected(ax_stream_t *up, int status, void *ud) {
   struct conn *c = ud;
   int rc = status;
+  if (rc == 0 && c->px->key && /* XORed toward the upstream, and back */
+      (rc = ax_filter_xor(up, AX_FILTER_WRITE, c->px->key, c->px->keylen)) == 0)
+    rc = ax_filter_xor(up, AX_FILTER_READ, c->px->key, c->px->keylen);
   for (int i = 0; i < 2 && rc == 0 && c->px->key; i++)
     if ((rc = ax_stream_set_write_limits(c->s[i], 64 * 1024, 0, on_drain)) == 0)
       rc = ax_stream_read_start(c->s[i], on_read);

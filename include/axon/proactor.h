@@ -209,6 +209,9 @@ AX_API int ax_stream_shutdown(ax_stream_t *s, ax_stream_cb cb);
  * the kernel are cancelled, the fd is closed, and then @cb (may be NULL)
  * runs from the loop; the stream's memory is freed when it returns. Closing
  * twice is -EALREADY. Nothing else may be called on @s after close.
+ * ax_loop_free() closes the streams still open: their queued writes
+ * complete with -ECANCELED from inside it, and no close callback runs (the
+ * user asked for none), so free what you tied to them after it returns.
  */
 AX_API int ax_stream_close(ax_stream_t *s, ax_close_cb cb);
 
