@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 
 build=${1:-build}
 ex=$build/examples
-for name in timers stdin echo_reactor echo_threads fswatch; do
+for name in timers stdin echo_reactor echo_threads fswatch echo_proactor sink; do
   [[ -x $ex/$name ]] || { echo "demo: $ex/$name is missing; run make first" >&2; exit 1; }
 done
+axload=$build/tools/axload
+[[ -x $axload ]] || { echo "demo: $axload is missing; run make first" >&2; exit 1; }
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/axon-demo.XXXXXX")
 pids=()
@@ -76,6 +78,35 @@ status=0
 wait "$echo_pid" || status=$?
 sed -n 's/^worker/  worker/p' "$tmp/threads.out"
 echo "SIGTERM: echo_threads exited with status $status"
+pids=()
+
+section "echo_proactor: the echo server on the proactor, under axload for 2 s"
+"$ex/echo_proactor" --port 0 >"$tmp/ep.out" &
+echo_pid=$!
+pids+=("$echo_pid")
+wait_for "$tmp/ep.out" '^listening on '
+cat "$tmp/ep.out"
+port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$tmp/ep.out")
+# 100 connections, 64-byte ping-pong, every byte verified; a live progress
+# line when this runs on a terminal, one summary line at the end.
+timeout 20 "$axload" -m echo -c 100 -r 0 -w 0 -d 2 "127.0.0.1:$port" || echo "demo: axload failed" >&2
+kill -TERM "$echo_pid"
+status=0
+wait "$echo_pid" || status=$?
+echo "SIGTERM: echo_proactor exited with status $status"
+pids=()
+
+section "sink: axload pushes 16 KiB writes into the sink for 1 s"
+"$ex/sink" --port 0 >"$tmp/sink.out" &
+sink_pid=$!
+pids+=("$sink_pid")
+wait_for "$tmp/sink.out" '^listening on '
+port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9]*\)$/\1/p' "$tmp/sink.out")
+timeout 20 "$axload" -m push -s 16384 -c 10 -r 0 -w 0 -d 1 "127.0.0.1:$port" || echo "demo: axload failed" >&2
+kill -TERM "$sink_pid"
+status=0
+wait "$sink_pid" || status=$?
+tail -n 1 "$tmp/sink.out"
 pids=()
 
 section "fswatch: changes in a watched directory"
