@@ -74,8 +74,9 @@ static bool drain_pipe(struct ax__splice *sp) {
   return true;
 }
 
-/* @from → pipe, then on to @to at once (the usual case: @to is writable). */
-static void fill_pipe(struct ax__splice *sp) {
+/* @from → pipe, then on to @to at once (the usual case: @to is writable).
+ * Returns false when the splice ended (and @sp is gone). */
+static bool fill_pipe(struct ax__splice *sp) {
   while (!sp->from_eof && sp->inpipe < sp->cap) {
     ssize_t n = splice(sp->from->fd, NULL, sp->pipe[1], NULL,
                        sp->cap - sp->inpipe, SPLICE_F_MOVE | SPLICE_F_NONBLOCK);
@@ -85,7 +86,7 @@ static void fill_pipe(struct ax__splice *sp) {
       break;
     if (n < 0) {
       splice_end(sp, -errno, false);
-      return;
+      return false;
     }
     if (n == 0) {
       sp->from_eof = true;
@@ -94,10 +95,11 @@ static void fill_pipe(struct ax__splice *sp) {
     sp->inpipe += (size_t)n;
     sp->from->bytes_read += (uint64_t)n;
     if (!drain_pipe(sp))
-      return;
+      return false;
   }
   if (sp->from_eof)
-    drain_pipe(sp); /* ends the splice once the pipe is empty */
+    return drain_pipe(sp); /* ends the splice once the pipe is empty */
+  return true;
 }
 
 void ax__splice_ready(ax_stream_t *s, unsigned revents) {
@@ -111,8 +113,7 @@ void ax__splice_ready(ax_stream_t *s, unsigned revents) {
   /* @s may be closed by the callback of the splice just ended: re-read. */
   out = (s->flags & AX__S_CLOSING) || !s->ext ? NULL : s->ext->sp_out;
   if (out && (revents & (AX_READABLE | AX_ERROR | AX_HANGUP))) {
-    fill_pipe(out);
-    if (out->status == 0)
+    if (fill_pipe(out)) /* an ended splice's memory is gone */
       refresh(out);
   }
 }
