@@ -506,6 +506,8 @@ static int uring_wait(ax_loop_t *loop, int timeout_ms) {
   loop->nev = 0;
   if ((r = own(u)) < 0 || (r = rearm_pending(u)) < 0)
     return r;
+  if (loop->nucq > 0)
+    timeout_ms = 0; /* ring_move recorded completions: not a time to sleep */
   if (timeout_ms == 0) {
     /* Non-blocking: submit what is queued and reap. A wait with a zero
      * timeout would cost an extra trip into the kernel ending in -ETIME
