@@ -485,7 +485,10 @@ typedef struct ax_proactor_info {
   uint64_t file_ops_native;  /* file operations run on io_uring */
 } ax_proactor_info_t;
 
-/** Facts about @loop's proactor (created on first use). */
+/** Facts about @loop's proactor (created on first use). A loop on
+ *  io_uring drives its streams natively when the kernel allows it (6.0:
+ *  multishot recv, provided buffer rings), unless AXON_PROACTOR=readiness
+ *  is in the environment when the proactor is created (for comparisons). */
 AX_API int ax_proactor_info(ax_loop_t *loop, ax_proactor_info_t *out);
 
 #ifdef __cplusplus

@@ -245,6 +245,21 @@ void ax__io_dispatch(ax_loop_t *loop) {
   }
 }
 
+bool ax__ucq_push(ax_loop_t *loop, struct ax__uop *op, int res,
+                  uint32_t flags) {
+  if (loop->nucq == loop->ucqcap) {
+    size_t ncap = loop->ucqcap ? loop->ucqcap * 2 : 256;
+    struct ax__ucqe *p = ax__realloc(loop, loop->ucq, ncap * sizeof(*p));
+    if (p == NULL)
+      return false;
+    loop->ucq = p;
+    loop->ucqcap = ncap;
+  }
+  loop->ucq[loop->nucq++] = (struct ax__ucqe){.op = op, .res = res,
+                                              .flags = flags};
+  return true;
+}
+
 /* Native completions, in the order the kernel posted them. A callback may
  * submit more operations; their completions are reaped by the next wait, so
  * the array does not grow under this loop. */

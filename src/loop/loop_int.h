@@ -275,6 +275,18 @@ struct ax_loop {
   struct ax__ucqe *ucq;
   size_t nucq, ucqcap;
 
+  /* What the io_uring backend tells the owner of native operations (the
+   * proactor's native driver), NULL when nobody listens. uring_moved:
+   * ring_move() replaced the ring (the loop is run by another thread):
+   * operations in flight on the old ring are gone and will post nothing
+   * (the completions it had already posted were recorded first); the new
+   * ring is bound to the calling thread. uring_gone: the backend's fini tore
+   * the ring down: the kernel no longer touches memory that operations
+   * pointed at, so it may be freed now. Both get @uring_ctx. */
+  void (*uring_moved)(ax_loop_t *loop, void *ctx);
+  void (*uring_gone)(ax_loop_t *loop, void *ctx);
+  void *uring_ctx;
+
   ax_backend_t requested;
   char fallback[160];
   ax_loop_info_t stats;    /* counters only; the rest is filled on demand */
@@ -301,6 +313,10 @@ struct ax__ucqe {
 
 /* Run the completions reaped by the last wait (io.c). */
 void ax__ucq_dispatch(ax_loop_t *loop);
+/* Record a completion for the next dispatch (io.c). False on ENOMEM. Not
+ * while ax__ucq_dispatch runs: the backend's wait and ring_move only. */
+bool ax__ucq_push(ax_loop_t *loop, struct ax__uop *op, int res,
+                  uint32_t flags);
 
 #ifdef AX_HAVE_URING
 struct io_uring;
@@ -311,6 +327,9 @@ struct io_uring *ax__uring(ax_loop_t *loop);
  * not on io_uring or the SQ cannot be made room for (the caller falls back
  * or reports -EBUSY). The caller fills it in (keeping its user_data). */
 struct io_uring_sqe *ax__uring_sqe(ax_loop_t *loop, struct ax__uop *op);
+/* The user_data ax__uring_sqe gave @op's SQE: the key that cancels it
+ * (IORING_OP_ASYNC_CANCEL). */
+uint64_t ax__uring_ud(const struct ax__uop *op);
 #endif
 
 /* Keep the loop alive while a higher layer has work pending (file I/O on

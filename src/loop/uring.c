@@ -85,6 +85,7 @@ struct uring {
   int watched;       /* slots with want != 0: bounds the events of a wait */
   int *pend;         /* fds whose polls all ended: re-armed by next wait */
   int npend, pendcap; /* pendcap >= watched */
+  ax_loop_t *loop;   /* for ring_move: native completions and the hook */
 };
 
 /* Polls carry 31 bits of the generation: the top bit of user_data marks a
@@ -137,6 +138,7 @@ static int uring_init(ax_loop_t *loop) {
     ax__free(loop, u);
     return r;
   }
+  u->loop = loop;
   loop->be_data = u;
   return 0;
 }
@@ -146,6 +148,8 @@ static void uring_fini(ax_loop_t *loop) {
   if (u == NULL)
     return;
   io_uring_queue_exit(&u->ring); /* cancels every poll */
+  if (loop->uring_gone)
+    loop->uring_gone(loop, loop->uring_ctx);
   if (u->slot)
     ax__free(loop, u->slot);
   if (u->pend)
@@ -192,12 +196,32 @@ static void slots_reset(struct uring *u) {
   }
 }
 
+static bool native(ax_loop_t *loop, const struct io_uring_cqe *cqe);
+static bool is_native(uint64_t ud);
+
+/* Native completions the old ring posted and nobody reaped: recorded, so
+ * that no byte a recv or send moved goes unreported. Polls are not looked
+ * at: slots_reset re-arms them all. Reading the CQ needs no ownership. */
+static void keep_native(ax_loop_t *loop, struct io_uring *ring) {
+  struct io_uring_cqe *cqe;
+  unsigned head, n = 0;
+  io_uring_for_each_cqe(ring, head, cqe) {
+    if (is_native(cqe->user_data))
+      native(loop, cqe); /* ENOMEM: lost, like the ring's own overflow */
+    n++;
+  }
+  io_uring_cq_advance(ring, n);
+}
+
 /* The loop is run by another thread than the one the SINGLE_ISSUER ring is
  * bound to (one thread at a time is allowed). A ring cannot be re-bound,
  * so replace it; the old one's polls die with it, and re-arming reports
  * whatever is ready, edge fds included: no event is lost. The old ring is
  * torn down by a kernel worker, so the files its polls held are released
- * a few ms later, not at once as after a removal. */
+ * a few ms later, not at once as after a removal. Native operations die
+ * too: the ones whose completions were posted are kept, and the owner of
+ * the others hears of it (loop->uring_moved), after the new ring is bound
+ * to this thread so that it can register with it. */
 static int ring_move(struct uring *u) {
   struct io_uring old = u->ring;
   int r;
@@ -207,9 +231,13 @@ static int ring_move(struct uring *u) {
     u->single = true;
     return r;
   }
+  keep_native(u->loop, &old);
   io_uring_queue_exit(&old);
   slots_reset(u);
-  return u->enabled ? 0 : enable(u);
+  r = u->enabled ? 0 : enable(u);
+  if (u->loop->uring_moved)
+    u->loop->uring_moved(u->loop, u->loop->uring_ctx);
+  return r;
 }
 
 /* Before submitting: make the ring usable from the calling thread. */
@@ -392,26 +420,20 @@ static struct slot *slot_of(struct uring *u, uint64_t ud) {
  * the ring is being reaped. False (left in the CQ) if the record cannot be
  * stored: the next wait tries again. */
 static bool native(ax_loop_t *loop, const struct io_uring_cqe *cqe) {
-  if (loop->nucq == loop->ucqcap) {
-    size_t ncap = loop->ucqcap ? loop->ucqcap * 2 : 256;
-    struct ax__ucqe *p = ax__realloc(loop, loop->ucq, ncap * sizeof(*p));
-    if (p == NULL)
-      return false;
-    loop->ucq = p;
-    loop->ucqcap = ncap;
-  }
-  loop->ucq[loop->nucq++] = (struct ax__ucqe){
-      .op = (struct ax__uop *)(uintptr_t)(cqe->user_data & ~UD_NATIVE),
-      .res = cqe->res,
-      .flags = cqe->flags};
-  return true;
+  return ax__ucq_push(
+      loop, (struct ax__uop *)(uintptr_t)(cqe->user_data & ~UD_NATIVE),
+      cqe->res, cqe->flags);
+}
+
+static bool is_native(uint64_t ud) {
+  return ud != UD_REMOVE && (ud & UD_NATIVE);
 }
 
 /* Handle one completion. Returns false, leaving it in the ring, if it needs
  * an event and loop->ev is full (it cannot be while evcap >= watched). */
 static bool complete(ax_loop_t *loop, struct uring *u,
                      const struct io_uring_cqe *cqe) {
-  if (cqe->user_data != UD_REMOVE && (cqe->user_data & UD_NATIVE))
+  if (is_native(cqe->user_data))
     return native(loop, cqe);
   struct slot *s = slot_of(u, cqe->user_data);
   int fd = (int)(uint32_t)cqe->user_data;
@@ -484,6 +506,8 @@ static int uring_wait(ax_loop_t *loop, int timeout_ms) {
   loop->nev = 0;
   if ((r = own(u)) < 0 || (r = rearm_pending(u)) < 0)
     return r;
+  if (loop->nucq > 0)
+    timeout_ms = 0; /* ring_move recorded completions: not a time to sleep */
   if (timeout_ms == 0) {
     /* Non-blocking: submit what is queued and reap. A wait with a zero
      * timeout would cost an extra trip into the kernel ending in -ETIME
@@ -527,6 +551,10 @@ struct io_uring_sqe *ax__uring_sqe(ax_loop_t *loop, struct ax__uop *op) {
   sqe = io_uring_get_sqe(&u->ring);
   io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)op | UD_NATIVE);
   return sqe;
+}
+
+uint64_t ax__uring_ud(const struct ax__uop *op) {
+  return (uint64_t)(uintptr_t)op | UD_NATIVE;
 }
 
 const struct ax__backend ax__backend_uring = {

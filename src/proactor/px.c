@@ -73,6 +73,9 @@ struct ax__px *ax__px(ax_loop_t *loop) {
     return NULL;
   }
   px->sdrv = &ax__sdrv_rd;
+#ifdef AX_HAVE_URING
+  ax__uring_px_init(px);
+#endif
   loop->px = px;
   loop->px_fini = px_fini;
   return px;
