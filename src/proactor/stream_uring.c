@@ -92,11 +92,31 @@ enum {
 };
 #define LIVE (R_LIVE | W_LIVE | P_LIVE)
 
+/* Incremental consumption (6.12): a recv takes only what it needs of the
+ * buffer at the ring's head, and the CQE says when the kernel is not done
+ * with the buffer. Not in liburing 2.3's headers. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+
 /* Buffer states. */
 enum {
-  B_RING, /* in the kernel's ring */
-  B_PEND, /* named by a completion recorded but not dispatched (ring_move) */
-  B_OUT   /* being delivered or held by users */
+  B_RING, /* in the kernel's ring (maybe partly consumed already) */
+  B_PEND, /* ring_move: a recorded completion ends the kernel's use */
+  B_OUT   /* the kernel is done with it; users hold slices of it */
+};
+
+/* One buffer: completions take consecutive pieces of it (one piece, the
+ * whole buffer, without incremental consumption); it goes back into the
+ * ring once the kernel is done with it and no slice of it is held. */
+struct bst {
+  uint32_t off;   /* bytes the kernel has filled, as completions said */
+  uint32_t pend;  /* ring_move: bytes named by recorded completions */
+  uint16_t users; /* slices of it delivered and not yet released */
+  uint8_t state;
 };
 
 /* Completions that came while the user was not reading, and how the read
@@ -137,9 +157,11 @@ struct ur {
   struct io_uring_buf_ring *br; /* page-aligned inside br_mem */
   void *br_mem;
   char *mem;                    /* the buffers */
-  uint8_t *state;               /* B_* per buffer */
-  unsigned in_ring, out;
+  struct bst *b;                /* per buffer */
+  unsigned in_ring;             /* buffers in state B_RING */
+  unsigned held;                /* buffers users hold slices of */
   bool ring_ok;                 /* the buffer ring is registered */
+  bool inc;                     /* ... with incremental consumption */
   bool dead;                    /* px fini ran: the ring is going away */
   ax_source_t *kick;            /* defer: runs todo */
   ax_stream_t **todo;
@@ -197,54 +219,88 @@ static char *buf_at(const struct ur *ur, unsigned bid) {
   return ur->mem + (size_t)bid * BUF_SIZE;
 }
 
-static void ring_add(struct ur *ur, unsigned bid, int k) {
-  io_uring_buf_ring_add(ur->br, buf_at(ur, bid), BUF_SIZE,
+/* The rest of buffer @bid, from @off, as entry @k past the tail. */
+static void ring_add(struct ur *ur, unsigned bid, uint32_t off, int k) {
+  io_uring_buf_ring_add(ur->br, buf_at(ur, bid) + off, BUF_SIZE - off,
                         (unsigned short)bid,
                         io_uring_buf_ring_mask(BUF_COUNT), k);
 }
 
-/* Last reference of a delivered buffer gone: back into the ring. */
-static void buf_back(void *data, void *ctx) {
-  struct ur *ur = ctx;
-  unsigned bid = (unsigned)(((char *)data - ur->mem) / BUF_SIZE);
-  assert(bid < BUF_COUNT && ur->state[bid] == B_OUT);
-  ur->state[bid] = B_RING;
-  ur->out--;
+/* Back into the ring, whole, if the kernel and the users are done. */
+static void buf_recycle(struct ur *ur, unsigned bid) {
+  struct bst *b = &ur->b[bid];
+  if (b->state != B_OUT || b->users > 0)
+    return;
+  b->state = B_RING;
+  b->off = 0;
   ur->in_ring++;
   if (!ur->dead) {
-    ring_add(ur, bid, 0);
+    ring_add(ur, bid, 0, 0);
     io_uring_buf_ring_advance(ur->br, 1); /* store-release of the tail */
   }
 }
 
-/* The kernel filled buffer @bid: it is ours until buf_back. NULL for an
- * id that is not in the ring (never, unless the kernel misbehaves). */
-static char *buf_take(struct ur *ur, unsigned bid) {
-  if (bid >= BUF_COUNT || ur->state[bid] == B_OUT)
-    return NULL;
-  if (ur->state[bid] == B_RING)
-    ur->in_ring--;
-  ur->state[bid] = B_OUT;
-  ur->out++;
-  return buf_at(ur, bid);
+/* A slice's last reference went (ax_buf_wrap's free function). */
+static void buf_back(void *data, void *ctx) {
+  struct ur *ur = ctx;
+  unsigned bid = (unsigned)(((char *)data - ur->mem) / BUF_SIZE);
+  struct bst *b = &ur->b[bid];
+  assert(bid < BUF_COUNT && b->users > 0);
+  if (--b->users == 0)
+    ur->held--;
+  buf_recycle(ur, bid);
 }
 
-/* Fill the ring with every buffer not out and register it with the loop's
- * current ring. */
+/* A completion named buffer @bid: @res bytes were put at its current
+ * offset (returned, NULL if none), and unless @more the kernel is done
+ * with it. The caller owns one use of the bytes until buf_back. NULL for
+ * an id the kernel should not have named (never, unless it misbehaves). */
+static char *buf_take(struct ur *ur, unsigned bid, int res, bool more) {
+  struct bst *b = &ur->b[bid];
+  char *p = NULL;
+  if (bid >= BUF_COUNT || b->state == B_OUT)
+    return NULL;
+  if (res > 0) {
+    p = buf_at(ur, bid) + b->off;
+    b->off += (uint32_t)res;
+    b->pend -= b->pend < (uint32_t)res ? b->pend : (uint32_t)res;
+    if (b->users++ == 0)
+      ur->held++;
+    /* A completion without bytes says nothing of the buffer's end (the
+     * kernel put it back, unconsumed). */
+    if (!more) {
+      if (b->state == B_RING)
+        ur->in_ring--;
+      b->state = B_OUT;
+    }
+  }
+  return p;
+}
+
+/* Fill the ring with what the kernel may still use of every buffer and
+ * register it with the loop's current ring: with incremental consumption
+ * if the kernel has it, else whole buffers. */
 static int ring_register(struct ur *ur) {
   struct io_uring_buf_reg reg;
-  int k = 0;
+  int k = 0, r;
   io_uring_buf_ring_init(ur->br);
-  for (unsigned bid = 0; bid < BUF_COUNT; bid++)
-    if (ur->state[bid] == B_RING)
-      ring_add(ur, bid, k++);
+  for (unsigned bid = 0; bid < BUF_COUNT; bid++) {
+    struct bst *b = &ur->b[bid];
+    if (b->state == B_RING && b->off + b->pend < BUF_SIZE)
+      ring_add(ur, bid, b->off + b->pend, k++);
+  }
   io_uring_buf_ring_advance(ur->br, k);
-  ur->in_ring = (unsigned)k;
   memset(&reg, 0, sizeof(reg));
   reg.ring_addr = (uint64_t)(uintptr_t)ur->br;
   reg.ring_entries = BUF_COUNT;
   reg.bgid = BGID;
-  return io_uring_register_buf_ring(ax__uring(ur->loop), &reg, 0);
+  reg.pad = ur->inc ? IOU_PBUF_RING_INC : 0; /* "flags" in newer headers */
+  r = io_uring_register_buf_ring(ax__uring(ur->loop), &reg, 0);
+  if (r == -EINVAL && ur->inc) {
+    ur->inc = false;
+    return ring_register(ur);
+  }
+  return r;
 }
 
 /* ---- work for the deferred phase ---------------------------------------- */
@@ -342,7 +398,7 @@ static void got_buffer(ax_stream_t *s, struct ur *ur, char *p, int res) {
     buf_back(p, ur);
     return;
   }
-  if (ax_buf_wrap(s->loop, p, BUF_SIZE, buf_back, ur, &b) < 0) {
+  if (ax_buf_wrap(s->loop, p, (size_t)res, buf_back, ur, &b) < 0) {
     buf_back(p, ur);
     ax__stream_fail(s, -ENOMEM);
     return;
@@ -385,12 +441,11 @@ static void recv_done(ax_loop_t *loop, struct ax__uop *op, int res,
   if (!more)
     s->drv_state |= R_CANCEL;
   if (flags & IORING_CQE_F_BUFFER)
-    p = buf_take(ur, flags >> IORING_CQE_BUFFER_SHIFT);
+    p = buf_take(ur, flags >> IORING_CQE_BUFFER_SHIFT, res,
+                 flags & IORING_CQE_F_BUF_MORE);
   if (res > 0 && p != NULL) {
     got_buffer(s, ur, p, res);
   } else {
-    if (p != NULL)
-      buf_back(p, ur);
     if (res == 0)
       got_end(s, AX_EOF);
     else if (res == -ENOBUFS && !(s->flags & AX__S_CLOSING) &&
@@ -836,9 +891,14 @@ static void mark_recorded(struct ur *ur, const struct ax__ucqe *c) {
     unsigned bid = c->flags >> IORING_CQE_BUFFER_SHIFT;
     if (!(c->flags & IORING_CQE_F_MORE))
       n->s->drv_state |= Q_R;
-    if ((c->flags & IORING_CQE_F_BUFFER) && bid < BUF_COUNT &&
-        ur->state[bid] == B_RING)
-      ur->state[bid] = B_PEND;
+    if ((c->flags & IORING_CQE_F_BUFFER) && bid < BUF_COUNT && c->res > 0 &&
+        ur->b[bid].state == B_RING) {
+      ur->b[bid].pend += (uint32_t)c->res;
+      if (!(c->flags & IORING_CQE_F_BUF_MORE)) {
+        ur->b[bid].state = B_PEND;
+        ur->in_ring--;
+      }
+    }
   } else if (c->op->done == w_done) {
     ax__container_of(c->op, struct wctx, op)->s->drv_state |= Q_W;
   } else if (c->op->done == p_done) {
@@ -893,7 +953,7 @@ static void ur_free(struct ur *ur) {
   ax__free(loop, ur->todo);
   ax__free(loop, ur->mem);
   ax__free(loop, ur->br_mem);
-  ax__free(loop, ur->state);
+  ax__free(loop, ur->b);
   ax__free(loop, ur);
 }
 
@@ -960,8 +1020,8 @@ static void ur_info(struct ax__px *px, ax_proactor_info_t *out) {
   struct ur *ur = px->uring;
   out->buf_ring = ur->ring_ok;
   out->multishot_accept = false;
-  out->read_bufs_out += ur->out;
-  out->read_bufs_idle += ur->in_ring;
+  out->read_bufs_out += ur->held;
+  out->read_bufs_idle += BUF_COUNT - ur->held;
 }
 
 static bool probed_ok;
@@ -1000,15 +1060,17 @@ static struct ur *ur_new(struct ax__px *px) {
   /* The kernel wants the ring of entries page-aligned. */
   ur->br_mem = ax__alloc(loop, BUF_COUNT * sizeof(struct io_uring_buf) + PAGE);
   ur->mem = ax__alloc(loop, (size_t)BUF_COUNT * BUF_SIZE);
-  ur->state = ax__alloc(loop, BUF_COUNT);
-  if (ur->br_mem == NULL || ur->mem == NULL || ur->state == NULL ||
+  ur->b = ax__alloc(loop, BUF_COUNT * sizeof(*ur->b));
+  if (ur->br_mem == NULL || ur->mem == NULL || ur->b == NULL ||
       ax_defer_new(loop, kick_cb, ur, &ur->kick) < 0) {
     ur_free(ur);
     return NULL;
   }
   ur->br = (struct io_uring_buf_ring *)(((uintptr_t)ur->br_mem + PAGE - 1) &
                                         ~(uintptr_t)(PAGE - 1));
-  memset(ur->state, B_RING, BUF_COUNT);
+  memset(ur->b, 0, BUF_COUNT * sizeof(*ur->b)); /* B_RING, empty */
+  ur->in_ring = BUF_COUNT;
+  ur->inc = true;
   /* Refused when the ring is bound to another thread (SINGLE_ISSUER):
    * the loop's streams then use the readiness driver. */
   if (ring_register(ur) < 0) {
