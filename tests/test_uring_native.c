@@ -647,7 +647,7 @@ static void pipe_read(ax_stream_t *s, int status, ax_slice_t *d, void *ud) {
 
 static void test_pipe_and_detach(void **state) {
   ax_loop_t *loop = uloop();
-  int p[2], got = 0, peer, fd = -1, r;
+  int p[2], got = 0, peer, fd = -1;
   ax_stream_t *s;
   (void)state;
   NEED_NATIVE(loop);
@@ -660,17 +660,12 @@ static void test_pipe_and_detach(void **state) {
   assert_true(RUN_UNTIL(loop, got == 300, 5000));
   ax_stream_close(s, NULL);
   close(p[1]);
-  /* Detach after read_stop: -EBUSY until the recv's cancel has ended. */
+  /* Detach right after read_stop, the recv still in the kernel. */
   s = sp_stream(loop, &peer, &got);
   assert_int_equal(ax_stream_read_start(s, pipe_read), 0);
   run_for(loop, 5);
   assert_int_equal(ax_stream_read_stop(s), 0);
-  r = ax_stream_detach(s, &fd);
-  if (r == -EBUSY) {
-    run_for(loop, 5);
-    r = ax_stream_detach(s, &fd);
-  }
-  assert_int_equal(r, 0);
+  assert_int_equal(ax_stream_detach(s, &fd), 0);
   /* The fd is open and nothing of ours reads it any more. */
   put(peer, 10);
   run_for(loop, 10);
@@ -678,6 +673,69 @@ static void test_pipe_and_detach(void **state) {
   assert_int_equal(read(fd, c, sizeof c), 10);
   close(fd);
   close(peer);
+  run_for(loop, 5);
+  AX_FREE_LOOP(loop);
+}
+
+/* Detach from the read callback while more of the same burst is posted:
+ * either -EBUSY (bytes to read first, delivered on read_start) or the fd
+ * goes with the rest still in the socket. No byte is lost either way. */
+typedef struct dcb {
+  ax_stream_t *s;
+  size_t got;
+  int fd, rc;
+  bool tried;
+} dcb_t;
+
+static void dcb_read(ax_stream_t *s, int status, ax_slice_t *d, void *ud) {
+  dcb_t *x = ud;
+  if (status <= 0)
+    return;
+  x->got += d->len;
+  if (!x->tried) {
+    x->tried = true;
+    assert_int_equal(ax_stream_read_stop(s), 0);
+    x->rc = ax_stream_detach(s, &x->fd);
+  }
+}
+
+static void test_detach_in_callback(void **state) {
+  ax_loop_t *loop = uloop();
+  static char big[100000];
+  dcb_t x = {.fd = -1};
+  int peer;
+  (void)state;
+  NEED_NATIVE(loop);
+  int detached = 0;
+  for (int round = 0; round < 20; round++) {
+    /* Odd rounds: one small completion, then more bytes after it. */
+    size_t first = round % 2 ? 1000 : sizeof big, total = first, rest = 0;
+    x = (dcb_t){.fd = -1};
+    x.s = sp_stream(loop, &peer, &x);
+    assert_int_equal(ax_stream_read_start(x.s, dcb_read), 0);
+    run_for(loop, 2);
+    assert_int_equal(write(peer, big, first), (ssize_t)first);
+    assert_true(RUN_UNTIL(loop, x.tried, 5000));
+    if (round % 2) {
+      assert_int_equal(write(peer, big, 5000), 5000);
+      total += 5000;
+    }
+    if (x.rc == 0) {
+      detached++;
+      run_for(loop, 5); /* the fd is ours now: nothing reads it */
+      for (ssize_t n; (n = read(x.fd, big, sizeof big)) > 0;)
+        rest += (size_t)n;
+      close(x.fd);
+    } else {
+      assert_int_equal(x.rc, -EBUSY);
+      assert_int_equal(ax_stream_read_start(x.s, dcb_read), 0);
+      assert_true(RUN_UNTIL(loop, x.got == total, 5000));
+      ax_stream_close(x.s, NULL);
+    }
+    assert_int_equal(x.got + rest, total);
+    close(peer);
+  }
+  assert_true(detached > 0);
   run_for(loop, 5);
   AX_FREE_LOOP(loop);
 }
@@ -931,6 +989,7 @@ int main(void) {
       cmocka_unit_test(test_sendfile_shutdown),
       cmocka_unit_test(test_splice),
       cmocka_unit_test(test_pipe_and_detach),
+      cmocka_unit_test(test_detach_in_callback),
       cmocka_unit_test(test_loop_free_open),
       cmocka_unit_test(test_loop_free_unclosed),
       cmocka_unit_test(test_ring_move),
