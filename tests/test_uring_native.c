@@ -11,9 +11,12 @@
  * closed at once; the buffer ring exhausted by a user keeping every buffer
  * (reads go on through the pool, the ring refills on release); buffers kept
  * past the callback are not overwritten; sendfile on a full socket,
- * shutdown, splice, a pipe (readiness driver), detach; a loop freed with
- * streams open, sending, connecting and closing (clean under ASan); a loop
- * run by one thread, then by another (the ring is replaced) while echoing.
+ * shutdown, splice, a pipe (readiness driver); detach right after
+ * read_stop, and from the read callback in the middle of a burst (-EBUSY
+ * while bytes are posted, else the rest is in the fd: none lost); a loop
+ * freed with streams open, sending, connecting and closing (clean under
+ * ASan, peers see EOF at once); a loop run by one thread, then by another
+ * (the ring is replaced) while echoing; AXON_PROACTOR=readiness.
  */
 #include "testutil.h"
 

@@ -463,6 +463,8 @@ static void recv_done(ax_loop_t *loop, struct ax__uop *op, int res,
                  flags & IORING_CQE_F_BUF_MORE);
   if (res > 0 && p != NULL) {
     got_buffer(s, ur, p, res);
+  } else if (res > 0) {
+    ax__stream_fail(s, -EIO); /* bytes in no buffer of ours: a gap */
   } else {
     if (res == 0)
       got_end(s, AX_EOF);
