@@ -11,9 +11,12 @@
  * closed at once; the buffer ring exhausted by a user keeping every buffer
  * (reads go on through the pool, the ring refills on release); buffers kept
  * past the callback are not overwritten; sendfile on a full socket,
- * shutdown, splice, a pipe (readiness driver), detach; a loop freed with
- * streams open, sending, connecting and closing (clean under ASan); a loop
- * run by one thread, then by another (the ring is replaced) while echoing.
+ * shutdown, splice, a pipe (readiness driver); detach right after
+ * read_stop, and from the read callback in the middle of a burst (-EBUSY
+ * while bytes are posted, else the rest is in the fd: none lost); a loop
+ * freed with streams open, sending, connecting and closing (clean under
+ * ASan, peers see EOF at once); a loop run by one thread, then by another
+ * (the ring is replaced) while echoing; AXON_PROACTOR=readiness.
  */
 #include "testutil.h"
 
@@ -451,46 +454,51 @@ static bool all_got(const keep_t *k, int n, int want) {
   return true;
 }
 
+/* Each of @n peers writes @len bytes. */
+static void put_all(const int *peers, int n, size_t len) {
+  static char buf[1 << 15];
+  assert_true(len <= sizeof buf);
+  memset(buf, 'y', len);
+  for (int i = 0; i < n; i++)
+    assert_int_equal(write(peers[i], buf, len), (ssize_t)len);
+}
+
 static void test_ring_exhaustion(void **state) {
   ax_loop_t *loop = uloop();
-  const int n = 300; /* more than the ring's 256 buffers */
+  enum { N = 300, LEN = 20000 }; /* 6 MB: more than the ring's 4 MiB */
   keep_t k = {.hold = true};
-  ax_stream_t *ss[300];
-  int peers[300];
+  ax_stream_t *ss[N];
+  int peers[N];
   ax_proactor_info_t pi;
   (void)state;
   NEED_NATIVE(loop);
   assert_true(pinfo(loop).buf_ring);
   keep_of = &k;
-  k.got = calloc(n, sizeof(int));
-  for (int i = 0; i < n; i++) {
+  k.got = calloc(N, sizeof(int));
+  for (int i = 0; i < N; i++) {
     ss[i] = sp_stream(loop, &peers[i], (void *)(intptr_t)i);
     assert_int_equal(ax_stream_read_start(ss[i], keep_read), 0);
   }
   run_for(loop, 10);
-  for (int i = 0; i < n; i++)
-    put(peers[i], 100);
-  /* The user keeps every buffer: past 256 the ring is empty, recvs end in
-   * -ENOBUFS, and the reads go on through the loop's pool. */
-  assert_true(RUN_UNTIL(loop, all_got(&k, n, 100) || k.bad, 10000));
+  put_all(peers, N, LEN);
+  /* The user keeps every buffer: the ring runs dry, recvs end in -ENOBUFS,
+   * and the reads go on through the loop's pool. */
+  assert_true(RUN_UNTIL(loop, all_got(&k, N, LEN) || k.bad, 10000));
   assert_false(k.bad);
   pi = pinfo(loop);
-  assert_int_equal(pi.read_bufs_out, (size_t)n);
+  assert_true(pi.read_bufs_out > 256);
   assert_true(ax_bufpool_outstanding(ax_loop_bufpool(loop)) > 0);
   /* Released: every buffer is back, the ring is full again. */
   keep_release(&k);
   pi = pinfo(loop);
   assert_int_equal(pi.read_bufs_out, 0);
-  assert_true(pi.read_bufs_idle >= 256);
+  assert_int_equal(ax_bufpool_outstanding(ax_loop_bufpool(loop)), 0);
   /* And reads come from the ring again, with nobody starving. */
   k.hold = false;
-  for (int i = 0; i < n; i++)
-    put(peers[i], 50);
-  assert_true(RUN_UNTIL(loop, all_got(&k, n, 150) || k.bad, 10000));
+  put_all(peers, N, 50);
+  assert_true(RUN_UNTIL(loop, all_got(&k, N, LEN + 50) || k.bad, 10000));
   assert_false(k.bad);
-  size_t pool_out = ax_bufpool_outstanding(ax_loop_bufpool(loop));
-  assert_int_equal(pool_out, 0);
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; i < N; i++) {
     ax_stream_close(ss[i], NULL);
     close(peers[i]);
   }
@@ -642,7 +650,7 @@ static void pipe_read(ax_stream_t *s, int status, ax_slice_t *d, void *ud) {
 
 static void test_pipe_and_detach(void **state) {
   ax_loop_t *loop = uloop();
-  int p[2], got = 0, peer, fd = -1, r;
+  int p[2], got = 0, peer, fd = -1;
   ax_stream_t *s;
   (void)state;
   NEED_NATIVE(loop);
@@ -655,17 +663,12 @@ static void test_pipe_and_detach(void **state) {
   assert_true(RUN_UNTIL(loop, got == 300, 5000));
   ax_stream_close(s, NULL);
   close(p[1]);
-  /* Detach after read_stop: -EBUSY until the recv's cancel has ended. */
+  /* Detach right after read_stop, the recv still in the kernel. */
   s = sp_stream(loop, &peer, &got);
   assert_int_equal(ax_stream_read_start(s, pipe_read), 0);
   run_for(loop, 5);
   assert_int_equal(ax_stream_read_stop(s), 0);
-  r = ax_stream_detach(s, &fd);
-  if (r == -EBUSY) {
-    run_for(loop, 5);
-    r = ax_stream_detach(s, &fd);
-  }
-  assert_int_equal(r, 0);
+  assert_int_equal(ax_stream_detach(s, &fd), 0);
   /* The fd is open and nothing of ours reads it any more. */
   put(peer, 10);
   run_for(loop, 10);
@@ -673,6 +676,69 @@ static void test_pipe_and_detach(void **state) {
   assert_int_equal(read(fd, c, sizeof c), 10);
   close(fd);
   close(peer);
+  run_for(loop, 5);
+  AX_FREE_LOOP(loop);
+}
+
+/* Detach from the read callback while more of the same burst is posted:
+ * either -EBUSY (bytes to read first, delivered on read_start) or the fd
+ * goes with the rest still in the socket. No byte is lost either way. */
+typedef struct dcb {
+  ax_stream_t *s;
+  size_t got;
+  int fd, rc;
+  bool tried;
+} dcb_t;
+
+static void dcb_read(ax_stream_t *s, int status, ax_slice_t *d, void *ud) {
+  dcb_t *x = ud;
+  if (status <= 0)
+    return;
+  x->got += d->len;
+  if (!x->tried) {
+    x->tried = true;
+    assert_int_equal(ax_stream_read_stop(s), 0);
+    x->rc = ax_stream_detach(s, &x->fd);
+  }
+}
+
+static void test_detach_in_callback(void **state) {
+  ax_loop_t *loop = uloop();
+  static char big[100000];
+  dcb_t x = {.fd = -1};
+  int peer;
+  (void)state;
+  NEED_NATIVE(loop);
+  int detached = 0;
+  for (int round = 0; round < 20; round++) {
+    /* Odd rounds: one small completion, then more bytes after it. */
+    size_t first = round % 2 ? 1000 : sizeof big, total = first, rest = 0;
+    x = (dcb_t){.fd = -1};
+    x.s = sp_stream(loop, &peer, &x);
+    assert_int_equal(ax_stream_read_start(x.s, dcb_read), 0);
+    run_for(loop, 2);
+    assert_int_equal(write(peer, big, first), (ssize_t)first);
+    assert_true(RUN_UNTIL(loop, x.tried, 5000));
+    if (round % 2) {
+      assert_int_equal(write(peer, big, 5000), 5000);
+      total += 5000;
+    }
+    if (x.rc == 0) {
+      detached++;
+      run_for(loop, 5); /* the fd is ours now: nothing reads it */
+      for (ssize_t n; (n = read(x.fd, big, sizeof big)) > 0;)
+        rest += (size_t)n;
+      close(x.fd);
+    } else {
+      assert_int_equal(x.rc, -EBUSY);
+      assert_int_equal(ax_stream_read_start(x.s, dcb_read), 0);
+      assert_true(RUN_UNTIL(loop, x.got == total, 5000));
+      ax_stream_close(x.s, NULL);
+    }
+    assert_int_equal(x.got + rest, total);
+    close(peer);
+  }
+  assert_true(detached > 0);
   run_for(loop, 5);
   AX_FREE_LOOP(loop);
 }
@@ -926,6 +992,7 @@ int main(void) {
       cmocka_unit_test(test_sendfile_shutdown),
       cmocka_unit_test(test_splice),
       cmocka_unit_test(test_pipe_and_detach),
+      cmocka_unit_test(test_detach_in_callback),
       cmocka_unit_test(test_loop_free_open),
       cmocka_unit_test(test_loop_free_unclosed),
       cmocka_unit_test(test_ring_move),

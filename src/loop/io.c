@@ -262,13 +262,13 @@ bool ax__ucq_push(ax_loop_t *loop, struct ax__uop *op, int res,
 
 /* Native completions, in the order the kernel posted them. A callback may
  * submit more operations; their completions are reaped by the next wait, so
- * the array does not grow under this loop. */
+ * the array does not grow under this loop. The position is kept in the
+ * loop (ucq_next), so that a callback can see what is still to come. */
 void ax__ucq_dispatch(ax_loop_t *loop) {
-  size_t n = loop->nucq;
-  loop->nucq = 0;
-  for (size_t i = 0; i < n; i++) {
-    struct ax__ucqe c = loop->ucq[i];
+  while (loop->ucq_next < loop->nucq) {
+    struct ax__ucqe c = loop->ucq[loop->ucq_next++];
     loop->stats.io_events++;
     c.op->done(loop, c.op, c.res, c.flags);
   }
+  loop->nucq = loop->ucq_next = 0;
 }

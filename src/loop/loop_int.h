@@ -274,6 +274,8 @@ struct ax_loop {
    * backend's wait and dispatched after readiness events. */
   struct ax__ucqe *ucq;
   size_t nucq, ucqcap;
+  size_t ucq_next;         /* next to dispatch: ucq[ucq_next..nucq) are
+                              still to come (a detach looks at them) */
 
   /* What the io_uring backend tells the owner of native operations (the
    * proactor's native driver), NULL when nobody listens. uring_moved:

@@ -5,10 +5,17 @@
  *
  * - Reads are one multishot recv per reading stream, into a provided buffer
  *   ring shared by the loop's streams (BUF_COUNT x BUF_SIZE, group BGID).
- *   A completion names the buffer; it is wrapped as an ax_buf_t and goes
- *   back into the ring when its last reference goes. An idle stream holds
- *   no buffer: the kernel picks one only when data is there
- *   (IORING_RECVSEND_POLL_FIRST: no attempt, so no buffer, at arm time).
+ *   A completion names the buffer; its bytes are wrapped as an ax_buf_t
+ *   and the buffer goes back into the ring when its last slice is
+ *   released. An idle stream holds no buffer: the kernel picks one only
+ *   when data is there (IORING_RECVSEND_POLL_FIRST: no attempt, so no
+ *   buffer, at arm time).
+ * - With incremental consumption (6.12, IOU_PBUF_RING_INC) a recv takes
+ *   only the bytes it needs from the buffer at the ring's head, so 64-byte
+ *   messages on a thousand connections share a few buffers instead of
+ *   needing a thousand; IORING_CQE_F_BUF_MORE says the kernel will go on
+ *   filling that buffer, and it goes back only once the kernel is done and
+ *   every slice of it is released. Older kernels consume whole buffers.
  * - A recv that finds the ring empty ends with -ENOBUFS. The stream is
  *   listed and looked at in the deferred phase of the same iteration, after
  *   every completion of the wait was handled (and its buffer most likely
@@ -36,8 +43,8 @@
  * - Every live operation holds the loop (ax__loop_hold), as an active I/O
  *   source would.
  * - Streams that are not sockets (pipes, ttys) use the readiness driver on
- *   the same ring: recv and send need a socket, and a read or write on an
- *   O_NONBLOCK fd may end in -EAGAIN instead of waiting.
+ *   the same ring: recv, send and multishot recv need a socket, and such
+ *   streams are rare where the native path pays (servers).
  * - The ring is replaced when the loop is run by another thread (uring.c,
  *   ring_move): what the old ring had posted is recorded, every other
  *   operation gets a final -ECANCELED (ur_moved), and the handlers re-arm
@@ -92,11 +99,31 @@ enum {
 };
 #define LIVE (R_LIVE | W_LIVE | P_LIVE)
 
+/* Incremental consumption (6.12): a recv takes only what it needs of the
+ * buffer at the ring's head, and the CQE says when the kernel is not done
+ * with the buffer. Not in liburing 2.3's headers. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+
 /* Buffer states. */
 enum {
-  B_RING, /* in the kernel's ring */
-  B_PEND, /* named by a completion recorded but not dispatched (ring_move) */
-  B_OUT   /* being delivered or held by users */
+  B_RING, /* in the kernel's ring (maybe partly consumed already) */
+  B_PEND, /* ring_move: a recorded completion ends the kernel's use */
+  B_OUT   /* the kernel is done with it; users hold slices of it */
+};
+
+/* One buffer: completions take consecutive pieces of it (one piece, the
+ * whole buffer, without incremental consumption); it goes back into the
+ * ring once the kernel is done with it and no slice of it is held. */
+struct bst {
+  uint32_t off;   /* bytes the kernel has filled, as completions said */
+  uint32_t pend;  /* ring_move: bytes named by recorded completions */
+  uint16_t users; /* slices of it delivered and not yet released */
+  uint8_t state;
 };
 
 /* Completions that came while the user was not reading, and how the read
@@ -119,12 +146,16 @@ struct wctx {
   struct iovec iov[IOV_BATCH];
 };
 
-/* Per stream (s->drv_data). */
+/* Per stream (s->drv_data). A stream detached while its recv or poll was
+ * being cancelled leaves this behind, with @s NULL, until they end. */
 struct ns {
   struct ax__uop rop;  /* recv */
   struct ax__uop pop;  /* poll: connect, splice */
-  ax_stream_t *s;
-  struct wctx *w;      /* the write in flight */
+  ax_stream_t *s;      /* NULL: detached */
+  union {
+    struct wctx *w;    /* the write in flight */
+    unsigned zlive;    /* detached: operations still in the kernel */
+  };
   struct held *held;   /* NULL but after a read_stop with data in flight */
 };
 
@@ -137,15 +168,19 @@ struct ur {
   struct io_uring_buf_ring *br; /* page-aligned inside br_mem */
   void *br_mem;
   char *mem;                    /* the buffers */
-  uint8_t *state;               /* B_* per buffer */
-  unsigned in_ring, out;
+  struct bst *b;                /* per buffer */
+  unsigned in_ring;             /* buffers in state B_RING */
+  unsigned held;                /* buffers users hold slices of */
   bool ring_ok;                 /* the buffer ring is registered */
+  bool inc;                     /* ... with incremental consumption */
   bool dead;                    /* px fini ran: the ring is going away */
   ax_source_t *kick;            /* defer: runs todo */
   ax_stream_t **todo;
   size_t ntodo, todocap;
   struct wctx *wfree, *dead_w;  /* free list; writes in flight at loop free */
   unsigned nwfree;
+  struct ns **zomb;             /* detached, operations still in the kernel */
+  size_t nzomb, zombcap;
   struct ax__uop ignore;        /* cancels' own completions */
 };
 
@@ -157,6 +192,7 @@ static void p_done(ax_loop_t *loop, struct ax__uop *op, int res,
                    uint32_t flags);
 static void w_next(ax_stream_t *s);
 static void maybe_release(ax_stream_t *s);
+static void zombie_done(struct ur *ur, struct ns *n, int res, uint32_t flags);
 
 static struct ur *ur_of(ax_loop_t *loop) {
   return ((struct ax__px *)loop->px)->uring;
@@ -197,54 +233,88 @@ static char *buf_at(const struct ur *ur, unsigned bid) {
   return ur->mem + (size_t)bid * BUF_SIZE;
 }
 
-static void ring_add(struct ur *ur, unsigned bid, int k) {
-  io_uring_buf_ring_add(ur->br, buf_at(ur, bid), BUF_SIZE,
+/* The rest of buffer @bid, from @off, as entry @k past the tail. */
+static void ring_add(struct ur *ur, unsigned bid, uint32_t off, int k) {
+  io_uring_buf_ring_add(ur->br, buf_at(ur, bid) + off, BUF_SIZE - off,
                         (unsigned short)bid,
                         io_uring_buf_ring_mask(BUF_COUNT), k);
 }
 
-/* Last reference of a delivered buffer gone: back into the ring. */
-static void buf_back(void *data, void *ctx) {
-  struct ur *ur = ctx;
-  unsigned bid = (unsigned)(((char *)data - ur->mem) / BUF_SIZE);
-  assert(bid < BUF_COUNT && ur->state[bid] == B_OUT);
-  ur->state[bid] = B_RING;
-  ur->out--;
+/* Back into the ring, whole, if the kernel and the users are done. */
+static void buf_recycle(struct ur *ur, unsigned bid) {
+  struct bst *b = &ur->b[bid];
+  if (b->state != B_OUT || b->users > 0)
+    return;
+  b->state = B_RING;
+  b->off = 0;
   ur->in_ring++;
   if (!ur->dead) {
-    ring_add(ur, bid, 0);
+    ring_add(ur, bid, 0, 0);
     io_uring_buf_ring_advance(ur->br, 1); /* store-release of the tail */
   }
 }
 
-/* The kernel filled buffer @bid: it is ours until buf_back. NULL for an
- * id that is not in the ring (never, unless the kernel misbehaves). */
-static char *buf_take(struct ur *ur, unsigned bid) {
-  if (bid >= BUF_COUNT || ur->state[bid] == B_OUT)
-    return NULL;
-  if (ur->state[bid] == B_RING)
-    ur->in_ring--;
-  ur->state[bid] = B_OUT;
-  ur->out++;
-  return buf_at(ur, bid);
+/* A slice's last reference went (ax_buf_wrap's free function). */
+static void buf_back(void *data, void *ctx) {
+  struct ur *ur = ctx;
+  unsigned bid = (unsigned)(((char *)data - ur->mem) / BUF_SIZE);
+  struct bst *b = &ur->b[bid];
+  assert(bid < BUF_COUNT && b->users > 0); /* data is one of ours */
+  if (--b->users == 0)
+    ur->held--;
+  buf_recycle(ur, bid);
 }
 
-/* Fill the ring with every buffer not out and register it with the loop's
- * current ring. */
+/* A completion named buffer @bid: @res bytes were put at its current
+ * offset (returned, NULL if none), and unless @more the kernel is done
+ * with it. The caller owns one use of the bytes until buf_back. NULL for
+ * an id the kernel should not have named (never, unless it misbehaves). */
+static char *buf_take(struct ur *ur, unsigned bid, int res, bool more) {
+  struct bst *b;
+  char *p = NULL;
+  if (bid >= BUF_COUNT || (b = &ur->b[bid])->state == B_OUT)
+    return NULL;
+  if (res > 0) {
+    p = buf_at(ur, bid) + b->off;
+    b->off += (uint32_t)res;
+    b->pend -= b->pend < (uint32_t)res ? b->pend : (uint32_t)res;
+    if (b->users++ == 0)
+      ur->held++;
+    /* A completion without bytes says nothing of the buffer's end (the
+     * kernel put it back, unconsumed). */
+    if (!more) {
+      if (b->state == B_RING)
+        ur->in_ring--;
+      b->state = B_OUT;
+    }
+  }
+  return p;
+}
+
+/* Fill the ring with what the kernel may still use of every buffer and
+ * register it with the loop's current ring: with incremental consumption
+ * if the kernel has it, else whole buffers. */
 static int ring_register(struct ur *ur) {
   struct io_uring_buf_reg reg;
-  int k = 0;
+  int k = 0, r;
   io_uring_buf_ring_init(ur->br);
-  for (unsigned bid = 0; bid < BUF_COUNT; bid++)
-    if (ur->state[bid] == B_RING)
-      ring_add(ur, bid, k++);
+  for (unsigned bid = 0; bid < BUF_COUNT; bid++) {
+    struct bst *b = &ur->b[bid];
+    if (b->state == B_RING && b->off + b->pend < BUF_SIZE)
+      ring_add(ur, bid, b->off + b->pend, k++);
+  }
   io_uring_buf_ring_advance(ur->br, k);
-  ur->in_ring = (unsigned)k;
   memset(&reg, 0, sizeof(reg));
   reg.ring_addr = (uint64_t)(uintptr_t)ur->br;
   reg.ring_entries = BUF_COUNT;
   reg.bgid = BGID;
-  return io_uring_register_buf_ring(ax__uring(ur->loop), &reg, 0);
+  reg.pad = ur->inc ? IOU_PBUF_RING_INC : 0; /* "flags" in newer headers */
+  r = io_uring_register_buf_ring(ax__uring(ur->loop), &reg, 0);
+  if (r == -EINVAL && ur->inc) {
+    ur->inc = false;
+    return ring_register(ur);
+  }
+  return r;
 }
 
 /* ---- work for the deferred phase ---------------------------------------- */
@@ -342,7 +412,7 @@ static void got_buffer(ax_stream_t *s, struct ur *ur, char *p, int res) {
     buf_back(p, ur);
     return;
   }
-  if (ax_buf_wrap(s->loop, p, BUF_SIZE, buf_back, ur, &b) < 0) {
+  if (ax_buf_wrap(s->loop, p, (size_t)res, buf_back, ur, &b) < 0) {
     buf_back(p, ur);
     ax__stream_fail(s, -ENOMEM);
     return;
@@ -380,17 +450,22 @@ static void recv_done(ax_loop_t *loop, struct ax__uop *op, int res,
   struct ur *ur = ur_of(loop);
   bool more = flags & IORING_CQE_F_MORE;
   char *p = NULL;
+  if (s == NULL) {
+    zombie_done(ur, n, res, flags);
+    return;
+  }
   /* Still live while the user runs (a close then cannot release the
    * stream under us), but nothing left to cancel if this is the last. */
   if (!more)
     s->drv_state |= R_CANCEL;
   if (flags & IORING_CQE_F_BUFFER)
-    p = buf_take(ur, flags >> IORING_CQE_BUFFER_SHIFT);
+    p = buf_take(ur, flags >> IORING_CQE_BUFFER_SHIFT, res,
+                 flags & IORING_CQE_F_BUF_MORE);
   if (res > 0 && p != NULL) {
     got_buffer(s, ur, p, res);
+  } else if (res > 0) {
+    ax__stream_fail(s, -EIO); /* bytes in no buffer of ours: a gap */
   } else {
-    if (p != NULL)
-      buf_back(p, ur);
     if (res == 0)
       got_end(s, AX_EOF);
     else if (res == -ENOBUFS && !(s->flags & AX__S_CLOSING) &&
@@ -682,9 +757,13 @@ static void p_done(ax_loop_t *loop, struct ax__uop *op, int res,
                    uint32_t flags) {
   struct ns *n = ax__container_of(op, struct ns, pop);
   ax_stream_t *s = n->s;
-  uint32_t st = s->drv_state, want;
+  uint32_t st, want;
   int r;
-  (void)loop, (void)flags;
+  if (s == NULL) {
+    zombie_done(ur_of(loop), n, res, flags);
+    return;
+  }
+  st = s->drv_state;
   want = (st & P_RD ? AX_READABLE : 0) | (st & P_WR ? AX_WRITABLE : 0);
   s->drv_state &= ~(P_CANCEL | P_CONNECT | P_RD | P_WR);
   live_clr(s, P_LIVE);
@@ -808,11 +887,88 @@ static void ur_close(ax_stream_t *s) {
   maybe_release(s);
 }
 
+/* Whether a completion of @op with bytes is posted and not dispatched yet:
+ * in the CQ, or recorded and still to come in this dispatch. */
+static bool data_pending(ax_loop_t *loop, const struct ax__uop *op) {
+  struct io_uring_cqe *cqe;
+  unsigned head;
+  uint64_t ud = ax__uring_ud(op);
+  for (size_t i = loop->ucq_next; i < loop->nucq; i++)
+    if (loop->ucq[i].op == op && loop->ucq[i].res > 0)
+      return true;
+  io_uring_for_each_cqe(ax__uring(loop), head, cqe) {
+    if (cqe->user_data == ud && cqe->res > 0)
+      return true;
+  }
+  return false;
+}
+
+/* Detached with a recv or a poll still in the kernel (the common case
+ * right after read_stop): their cancels are submitted now, and as a
+ * cancelled recv takes nothing more from the socket, the fd can go at once
+ * if no completion with bytes is waiting to be delivered. The per-stream
+ * state stays until the operations end (zombie_done). */
+static int detach_live(ax_stream_t *s) {
+  struct ur *ur = ur_of(s->loop);
+  struct ns *n = ns_of(s);
+  uint32_t st = s->drv_state;
+  if (((st & (R_LIVE | R_CANCEL)) == R_LIVE && !cancel(s, &n->rop)) ||
+      ((st & (P_LIVE | P_CANCEL)) == P_LIVE && !cancel(s, &n->pop)))
+    return -EBUSY; /* no SQE: the next try may get one */
+  s->drv_state |= (st & R_LIVE ? R_CANCEL : 0) | (st & P_LIVE ? P_CANCEL : 0);
+  /* Processed in order: the cancels before any recv the next wait would
+   * run. At once when this thread may submit (it owns the ring, which is
+   * enabled), else they go first with the next wait: either way no recv of
+   * this stream consumes data after this point. */
+  io_uring_submit(ax__uring(s->loop));
+  if (data_pending(s->loop, &n->rop))
+    return -EBUSY; /* bytes the user must read first */
+  if (ur->nzomb == ur->zombcap) {
+    size_t ncap = ur->zombcap ? ur->zombcap * 2 : 8;
+    struct ns **v = ax__realloc(s->loop, ur->zomb, ncap * sizeof(*v));
+    if (v == NULL)
+      return -ENOMEM;
+    ur->zomb = v;
+    ur->zombcap = ncap;
+  }
+  ur->zomb[ur->nzomb++] = n;
+  n->s = NULL;
+  n->zlive = !!(st & R_LIVE) + !!(st & P_LIVE); /* their holds stay */
+  s->drv_data = NULL;
+  s->drv_state = 0;
+  s->flags &= ~AX__S_NATIVE;
+  return 0;
+}
+
 static int ur_detach(ax_stream_t *s) {
-  if ((s->drv_state & (LIVE | T_LISTED)) || ns_of(s)->held != NULL)
-    return -EBUSY; /* e.g. the cancel of a stopped recv has not ended yet */
+  if ((s->drv_state & (W_LIVE | T_LISTED)) || ns_of(s)->held != NULL)
+    return -EBUSY;
+  if (s->drv_state & LIVE)
+    return detach_live(s);
   ns_free(s);
   return 0;
+}
+
+/* A completion for a detached stream's operation: its bytes, if any (never
+ * after detach_live's check), go back; the last final frees the state. */
+static void zombie_done(struct ur *ur, struct ns *n, int res, uint32_t flags) {
+  char *p = NULL;
+  if (flags & IORING_CQE_F_BUFFER)
+    p = buf_take(ur, flags >> IORING_CQE_BUFFER_SHIFT, res,
+                 flags & IORING_CQE_F_BUF_MORE);
+  if (p != NULL)
+    buf_back(p, ur);
+  if (flags & IORING_CQE_F_MORE)
+    return;
+  ax__loop_release(ur->loop);
+  if (--n->zlive > 0)
+    return;
+  for (size_t i = 0; i < ur->nzomb; i++)
+    if (ur->zomb[i] == n) {
+      ur->zomb[i] = ur->zomb[--ur->nzomb];
+      break;
+    }
+  ax__free(ur->loop, n);
 }
 
 const struct ax__sdrv ax__sdrv_uring = {
@@ -834,15 +990,37 @@ static void mark_recorded(struct ur *ur, const struct ax__ucqe *c) {
   if (c->op->done == recv_done) {
     struct ns *n = ax__container_of(c->op, struct ns, rop);
     unsigned bid = c->flags >> IORING_CQE_BUFFER_SHIFT;
-    if (!(c->flags & IORING_CQE_F_MORE))
+    if (!(c->flags & IORING_CQE_F_MORE) && n->s != NULL)
       n->s->drv_state |= Q_R;
-    if ((c->flags & IORING_CQE_F_BUFFER) && bid < BUF_COUNT &&
-        ur->state[bid] == B_RING)
-      ur->state[bid] = B_PEND;
+    if ((c->flags & IORING_CQE_F_BUFFER) && bid < BUF_COUNT && c->res > 0 &&
+        ur->b[bid].state == B_RING) {
+      ur->b[bid].pend += (uint32_t)c->res;
+      if (!(c->flags & IORING_CQE_F_BUF_MORE)) {
+        ur->b[bid].state = B_PEND;
+        ur->in_ring--;
+      }
+    }
   } else if (c->op->done == w_done) {
     ax__container_of(c->op, struct wctx, op)->s->drv_state |= Q_W;
   } else if (c->op->done == p_done) {
-    ax__container_of(c->op, struct ns, pop)->s->drv_state |= Q_P;
+    struct ns *n = ax__container_of(c->op, struct ns, pop);
+    if (n->s != NULL)
+      n->s->drv_state |= Q_P;
+  }
+}
+
+/* A detached stream's operations: a final completion may be recorded
+ * already; the others end here. (Which one ended is of no matter: only
+ * their number is counted.) */
+static void zombie_finals(ax_loop_t *loop, struct ur *ur) {
+  for (size_t z = 0; z < ur->nzomb; z++) {
+    struct ns *n = ur->zomb[z];
+    unsigned recorded = 0;
+    for (size_t i = 0; i < loop->nucq; i++)
+      recorded += (loop->ucq[i].op == &n->rop || loop->ucq[i].op == &n->pop) &&
+                  !(loop->ucq[i].flags & IORING_CQE_F_MORE);
+    for (unsigned k = recorded; k < n->zlive; k++)
+      ax__ucq_push(loop, &n->pop, -ECANCELED, 0);
   }
 }
 
@@ -876,6 +1054,7 @@ static void ur_moved(ax_loop_t *loop, void *ctx) {
     mark_recorded(ur, &loop->ucq[i]);
   finals(loop, &px->streams);
   finals(loop, &px->closing);
+  zombie_finals(loop, ur);
   /* Without its buffers a recv can only end in -ENOBUFS: starved streams
    * then read into the pool (todo_run), slower but on. */
   ur->ring_ok = ring_register(ur) == 0;
@@ -891,9 +1070,10 @@ static void ur_free(struct ur *ur) {
     ax__free(loop, w);
   }
   ax__free(loop, ur->todo);
+  ax__free(loop, ur->zomb);
   ax__free(loop, ur->mem);
   ax__free(loop, ur->br_mem);
-  ax__free(loop, ur->state);
+  ax__free(loop, ur->b);
   ax__free(loop, ur);
 }
 
@@ -946,6 +1126,12 @@ static void ur_fini(struct ax__px *px) {
     if (s->drv == &ax__sdrv_uring && s->drv_data != NULL)
       force_release(ur, s);
   }
+  while (ur->nzomb > 0) { /* their memory is not the kernel's: only ud */
+    struct ns *n = ur->zomb[--ur->nzomb];
+    for (; n->zlive > 0; n->zlive--)
+      ax__loop_release(loop);
+    ax__free(loop, n);
+  }
   ax_source_free(ur->kick);
   ur->kick = NULL;
   ur->ntodo = 0;
@@ -960,8 +1146,8 @@ static void ur_info(struct ax__px *px, ax_proactor_info_t *out) {
   struct ur *ur = px->uring;
   out->buf_ring = ur->ring_ok;
   out->multishot_accept = false;
-  out->read_bufs_out += ur->out;
-  out->read_bufs_idle += ur->in_ring;
+  out->read_bufs_out += ur->held;
+  out->read_bufs_idle += BUF_COUNT - ur->held;
 }
 
 static bool probed_ok;
@@ -1000,15 +1186,17 @@ static struct ur *ur_new(struct ax__px *px) {
   /* The kernel wants the ring of entries page-aligned. */
   ur->br_mem = ax__alloc(loop, BUF_COUNT * sizeof(struct io_uring_buf) + PAGE);
   ur->mem = ax__alloc(loop, (size_t)BUF_COUNT * BUF_SIZE);
-  ur->state = ax__alloc(loop, BUF_COUNT);
-  if (ur->br_mem == NULL || ur->mem == NULL || ur->state == NULL ||
+  ur->b = ax__alloc(loop, BUF_COUNT * sizeof(*ur->b));
+  if (ur->br_mem == NULL || ur->mem == NULL || ur->b == NULL ||
       ax_defer_new(loop, kick_cb, ur, &ur->kick) < 0) {
     ur_free(ur);
     return NULL;
   }
   ur->br = (struct io_uring_buf_ring *)(((uintptr_t)ur->br_mem + PAGE - 1) &
                                         ~(uintptr_t)(PAGE - 1));
-  memset(ur->state, B_RING, BUF_COUNT);
+  memset(ur->b, 0, BUF_COUNT * sizeof(*ur->b)); /* B_RING, empty */
+  ur->in_ring = BUF_COUNT;
+  ur->inc = true;
   /* Refused when the ring is bound to another thread (SINGLE_ISSUER):
    * the loop's streams then use the readiness driver. */
   if (ring_register(ur) < 0) {
