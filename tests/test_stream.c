@@ -1,0 +1,1728 @@
+/*
+ * test_stream — the proactor (include/axon/proactor.h) through its public
+ * API, on every backend: what each doc comment promises, checked against
+ * real sockets on 127.0.0.1, Unix socketpairs and pipes.
+ *
+ *   echo           an echo server (ax_listener_new + streams echoing with
+ *                  ax_stream_write_slices, backpressure by drain): exact
+ *                  bytes with 1 connection (a plain socket on a thread) and
+ *                  1000 connections (axon clients on the same loop; 300 on
+ *                  select, whose fds must stay below FD_SETSIZE).
+ *   partial        tiny SO_SNDBUF, a slow reader, random write sizes
+ *                  through ax_stream_write and ax_stream_write_slices:
+ *                  hashes equal, callbacks once each and in order.
+ *   zero write     an empty write behind queued bytes completes in order.
+ *   never reads    queue bounded by the high-water mark for a writer that
+ *                  respects ax_stream_writable(); the hard limit (-ENOBUFS,
+ *                  nothing queued); the write deadline (-ETIMEDOUT once).
+ *   reset          SO_LINGER {1,0} peers: one error, queued writes fail
+ *                  with it; writes after the peer closed fail without
+ *                  SIGPIPE (sockets: in a child with SIGPIPE at SIG_DFL;
+ *                  pipes: the library ignores SIGPIPE, checked).
+ *   emfile         a server child with RLIMIT_NOFILE 64: existing
+ *                  connections echo, -EMFILE once per episode, shed > 0,
+ *                  fewer than 1000 loop iterations in a second, recovery.
+ *   half-close     AX_EOF once, writing goes on, shutdown after the bytes.
+ *   sendfile       ranges interleaved with writes, partial progress, a
+ *                  short file (-EIO), a pipe, the read+write fallback.
+ *   splice         8 MB with a slow reader (backpressure, the pipe never
+ *                  over its capacity), a proxy (both directions), stop,
+ *                  close while running, a source that ends at once.
+ *   filters        line (arbitrary read boundaries, read_stop mid-read,
+ *                  EOF while stopped, too long), lenprefix, xor.
+ *   connect        listening port, closed port, a full backlog (timeout),
+ *                  writes queued before the connection, Unix sockets.
+ *   close          queued writes cancelled before the close callback,
+ *                  close from the read callback, double close,
+ *                  ax_loop_free with open and closing streams.
+ *   udp            IPv4 and IPv6, 1000 datagrams up to 60,000 bytes; the
+ *                  send queue (on an AF_UNIX datagram socket: loopback IP
+ *                  never refuses a datagram, see test_udp_queue).
+ *   idle           1000 idle reading streams hold no read buffer.
+ *   detach         an idle stream's fd moves to a loop on another thread
+ *                  and keeps echoing; -EBUSY while not idle.
+ *
+ * The public filter constructors (ax_filter_line, ax_filter_lenprefix,
+ * ax_filter_xor) are declared weak: while libaxon lacks them the filter
+ * tests attach the same stages through the internal constructors (and say
+ * so once), so this file links either way.
+ *
+ * Tests that can hang or die by design (SIGPIPE, EMFILE, suspected hangs)
+ * run in a forked child bounded by alarm(); the process is single-threaded
+ * whenever it forks. Everything else is bounded by RUN_UNTIL's watchdog
+ * and, around thread joins, by the guard thread.
+ */
+#include "testutil.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "proactor/filter_int.h"
+
+#ifndef AX_SAN
+#define AX_SAN ""
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* @n for the plain build, less under the sanitizers. */
+static size_t scaled(size_t n) {
+  if (strcmp(AX_SAN, "thread") == 0)
+    return n / 4;
+  if (strcmp(AX_SAN, "address") == 0)
+    return n / 2;
+  return n;
+}
+
+static void sleep_ms(int ms) {
+  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
+  }
+}
+
+static size_t min_sz(size_t a, size_t b) { return a < b ? a : b; }
+
+/* SIGPIPE's disposition when main() started (true: SIG_DFL). */
+static bool sigpipe_dfl_at_start;
+
+static bool sigpipe_is(void (*h)(int)) {
+  struct sigaction sa;
+  assert_int_equal(sigaction(SIGPIPE, NULL, &sa), 0);
+  return !(sa.sa_flags & SA_SIGINFO) && sa.sa_handler == h;
+}
+
+/* ---- byte patterns and hashes ------------------------------------------- */
+
+static uint64_t mix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+/* Byte @i of the stream named @seed: random access, so any window can be
+ * generated or checked on its own. */
+static void pat_fill(uint64_t seed, uint64_t off, void *p, size_t n) {
+  uint8_t *b = p;
+  uint64_t w = 0;
+  for (size_t k = 0; k < n; k++) {
+    uint64_t i = off + k;
+    if (k == 0 || (i & 7) == 0)
+      w = mix64(seed * 0x100000001b3ULL ^ (i >> 3));
+    b[k] = (uint8_t)(w >> (8 * (i & 7)));
+  }
+}
+
+/* Index of the first byte of @p that differs from the pattern, or -1. */
+static ptrdiff_t pat_diff(uint64_t seed, uint64_t off, const void *p, size_t n) {
+  const uint8_t *b = p;
+  uint64_t w = 0;
+  for (size_t k = 0; k < n; k++) {
+    uint64_t i = off + k;
+    if (k == 0 || (i & 7) == 0)
+      w = mix64(seed * 0x100000001b3ULL ^ (i >> 3));
+    if (b[k] != (uint8_t)(w >> (8 * (i & 7))))
+      return (ptrdiff_t)k;
+  }
+  return -1;
+}
+
+#define FNV_INIT 0xcbf29ce484222325ULL
+
+/* FNV-1a, 64 bits, continued from @h. */
+static uint64_t fnv(uint64_t h, const void *p, size_t n) {
+  const uint8_t *b = p;
+  for (size_t i = 0; i < n; i++) {
+    h ^= b[i];
+    h *= 0x100000001b3ULL;
+  }
+  return h;
+}
+
+/* ---- sockets ------------------------------------------------------------ */
+
+static void set_int_opt(int fd, int level, int opt, int v) {
+  assert_int_equal(setsockopt(fd, level, opt, &v, sizeof v), 0);
+}
+
+static void set_nonblock(int fd) {
+  assert_int_equal(fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK), 0);
+}
+
+/* Abort the connection on close (RST instead of FIN). */
+static void set_linger0(int fd) {
+  struct linger lg = {1, 0};
+  assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
+}
+
+/*
+ * A connected TCP pair over 127.0.0.1, both ends non-blocking: sv[0] the
+ * accepted (server) end, sv[1] the client. @srv_sndbuf (> 0) is set on the
+ * server end, @cli_rcvbuf (> 0) on the client before it connects, so that
+ * the advertised window is small from the start.
+ */
+static void tcp_pair_bufs(int sv[2], int srv_sndbuf, int cli_rcvbuf) {
+  int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(l >= 0);
+  struct sockaddr_in addr;
+  memset(&addr, 0, sizeof addr);
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof addr;
+  assert_int_equal(bind(l, (struct sockaddr *)&addr, sizeof addr), 0);
+  assert_int_equal(listen(l, 1), 0);
+  assert_int_equal(getsockname(l, (struct sockaddr *)&addr, &len), 0);
+  int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(c >= 0);
+  if (cli_rcvbuf > 0)
+    set_int_opt(c, SOL_SOCKET, SO_RCVBUF, cli_rcvbuf);
+  assert_int_equal(connect(c, (struct sockaddr *)&addr, sizeof addr), 0);
+  int s = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  assert_true(s >= 0);
+  if (srv_sndbuf > 0)
+    set_int_opt(s, SOL_SOCKET, SO_SNDBUF, srv_sndbuf);
+  set_nonblock(c);
+  close(l);
+  sv[0] = s;
+  sv[1] = c;
+}
+
+static void tcp_pair(int sv[2]) { tcp_pair_bufs(sv, 0, 0); }
+
+static ax_addr_t loopback4(unsigned port) {
+  ax_addr_t a;
+  assert_int_equal(ax_addr_ip("127.0.0.1", port, &a), 0);
+  return a;
+}
+
+/* Raise the soft RLIMIT_NOFILE to at least @want (never the hard limit);
+ * false if the hard limit is lower. */
+static bool nofile_at_least(rlim_t want) {
+  struct rlimit rl;
+  assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+    return true;
+  if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < want)
+    return false;
+  rl.rlim_cur = want;
+  return setrlimit(RLIMIT_NOFILE, &rl) == 0;
+}
+
+/* ---- loop helpers ------------------------------------------------------- */
+
+static int64_t noop_tick(ax_source_t *t, void *data) {
+  (void)t;
+  (void)data;
+  return AX_TIMER_CONTINUE;
+}
+
+/* A repeating referenced timer: wakes the loop every @ms while another
+ * thread makes progress the loop cannot see. */
+static ax_source_t *ticker(ax_loop_t *loop, uint64_t ms) {
+  ax_source_t *t = NULL;
+  assert_int_equal(ax_timer_new(loop, noop_tick, NULL, &t), 0);
+  assert_int_equal(ax_timer_start(t, ms, ms), 0);
+  return t;
+}
+
+static ax_proactor_info_t px_info(ax_loop_t *loop) {
+  ax_proactor_info_t pi;
+  assert_int_equal(ax_proactor_info(loop, &pi), 0);
+  return pi;
+}
+
+static ax_stream_stats_t sstats(const ax_stream_t *s) {
+  ax_stream_stats_t st;
+  assert_int_equal(ax_stream_stats(s, &st), 0);
+  return st;
+}
+
+static ax_stream_t *open_stream(ax_loop_t *loop, int fd, void *ud) {
+  ax_stream_t *s = NULL;
+  int rc = ax_stream_open(loop, fd, ud, &s);
+  if (rc != 0)
+    fail_msg("ax_stream_open(%d): %s", fd, ax_strerror(rc));
+  return s;
+}
+
+/* Close callback counting into an int. */
+static void count_close(ax_stream_t *s, void *ud) {
+  (void)s;
+  if (ud)
+    (*(int *)ud)++;
+}
+
+/* Close @s and run until its close callback has run. */
+static void close_and_wait(ax_loop_t *loop, ax_stream_t *s) {
+  int closed = 0;
+  ax_stream_set_data(s, &closed);
+  assert_int_equal(ax_stream_close(s, count_close), 0);
+  assert_true(RUN_UNTIL(loop, closed == 1, 5000));
+}
+
+/* ---- a forked child --------------------------------------------------- */
+
+#define CHILD_CHECK(c)                                                         \
+  do {                                                                         \
+    if (!(c)) {                                                                \
+      fprintf(stderr, "child %s:%d: check failed: %s\n", __FILE__, __LINE__,  \
+              #c);                                                             \
+      fflush(stderr);                                                          \
+      _exit(1);                                                                \
+    }                                                                          \
+  } while (0)
+
+/* Wait for @pid at most @secs seconds, then kill it; its wait status. */
+static int wait_child(pid_t pid, int secs) {
+  int st = 0;
+  uint64_t end = mono_ms() + (uint64_t)secs * 1000u;
+  for (;;) {
+    pid_t r = waitpid(pid, &st, WNOHANG);
+    if (r == pid)
+      return st;
+    assert_true(r == 0 || (r < 0 && errno == EINTR));
+    if (mono_ms() > end) {
+      kill(pid, SIGKILL);
+      assert_int_equal(waitpid(pid, &st, 0), pid);
+      fail_msg("child %d did not finish within %d s", (int)pid, secs);
+    }
+    sleep_ms(2);
+  }
+}
+
+/*
+ * Run @fn(@arg) in a forked child bounded by alarm(@secs) and assert it
+ * exited with 0. The process must be single-threaded here. In the child a
+ * failed cmocka check aborts (CMOCKA_TEST_ABORT, read by cmocka at each
+ * failure) instead of jumping back into the parent's test runner, so @fn
+ * may use the usual helpers; CHILD_CHECK reports without cmocka.
+ */
+static void in_child(int (*fn)(void *), void *arg, int secs, const char *what) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setenv("CMOCKA_TEST_ABORT", "1", 1);
+    signal(SIGALRM, SIG_DFL);
+    alarm((unsigned)secs);
+    int rc = fn(arg);
+    fflush(stdout);
+    _exit(rc);
+  }
+  int st = wait_child(pid, secs + 5);
+  if (WIFSIGNALED(st))
+    fail_msg("%s: child killed by signal %d (%s)%s", what, WTERMSIG(st),
+             strsignal(WTERMSIG(st)),
+             WTERMSIG(st) == SIGALRM  ? ": it hung"
+             : WTERMSIG(st) == SIGABRT ? ": a check failed (message above)"
+                                       : "");
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    fail_msg("%s: child exited with %d", what, WEXITSTATUS(st));
+}
+
+/* ------------------------------------------------------------------------ */
+/* A raw peer on the loop: the other end of a stream, read and written with  */
+/* plain system calls from an ax_io source (optionally slow)                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct peer {
+  ax_loop_t *loop;
+  int fd;
+  bool sock;
+  ax_source_t *io, *tick;
+  unsigned want;
+  /* reading */
+  bool reading;
+  size_t chunk;    /* bytes per read(); 0: 64 KiB */
+  size_t per_tick; /* slow reader: bytes per tick; 0: no limit */
+  size_t budget;
+  uint64_t rseed;  /* check the bytes against this pattern (0: no check) */
+  uint64_t got, hash;
+  char *keep;      /* the first keep_cap bytes read, if keep_cap > 0 */
+  size_t keep_cap;
+  bool eof, bad;
+  int err;
+  /* writing: wtotal bytes of the pattern wseed */
+  uint64_t wseed, wtotal, wsent, weagain;
+  bool wshut, shut_done;
+} peer_t;
+
+static void peer_update(peer_t *p) {
+  unsigned want = 0;
+  if (p->err == 0 && p->reading && !p->eof && (p->per_tick == 0 || p->budget > 0))
+    want |= AX_READABLE;
+  if (p->err == 0 && p->wsent < p->wtotal)
+    want |= AX_WRITABLE;
+  if (want == p->want)
+    return;
+  if (want)
+    assert_int_equal(ax_io_start(p->io, want), 0);
+  else
+    ax_source_stop(p->io);
+  p->want = want;
+}
+
+static void peer_consume(peer_t *p, const char *b, size_t n) {
+  if (p->rseed && !p->bad && pat_diff(p->rseed, p->got, b, n) >= 0)
+    p->bad = true;
+  p->hash = fnv(p->hash, b, n);
+  if (p->got < p->keep_cap)
+    memcpy(p->keep + p->got, b, min_sz(n, p->keep_cap - p->got));
+  p->got += n;
+}
+
+static void peer_read(peer_t *p) {
+  static char buf[65536]; /* peers run on the main thread only */
+  for (int i = 0; i < 16; i++) {
+    size_t want = p->chunk ? min_sz(p->chunk, sizeof buf) : sizeof buf;
+    if (p->per_tick) {
+      if (p->budget == 0)
+        return;
+      want = min_sz(want, p->budget);
+    }
+    ssize_t n = read(p->fd, buf, want);
+    if (n > 0) {
+      peer_consume(p, buf, (size_t)n);
+      if (p->per_tick)
+        p->budget -= (size_t)n;
+      continue;
+    }
+    if (n == 0) {
+      p->eof = true;
+      return;
+    }
+    if (errno == EINTR)
+      continue;
+    if (errno != EAGAIN)
+      p->err = -errno;
+    return;
+  }
+}
+
+static void peer_write(peer_t *p) {
+  char buf[16384];
+  while (p->wsent < p->wtotal) {
+    size_t n = min_sz(sizeof buf, p->wtotal - p->wsent);
+    pat_fill(p->wseed, p->wsent, buf, n);
+    ssize_t w = p->sock ? send(p->fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+                        : write(p->fd, buf, n);
+    if (w > 0) {
+      p->wsent += (uint64_t)w;
+      continue;
+    }
+    if (w < 0 && errno == EINTR)
+      continue;
+    if (w < 0 && errno == EAGAIN) {
+      p->weagain++;
+      return;
+    }
+    p->err = w < 0 ? -errno : -EIO;
+    return;
+  }
+  if (p->wshut && !p->shut_done) {
+    shutdown(p->fd, SHUT_WR);
+    p->shut_done = true;
+  }
+}
+
+static void peer_io(ax_source_t *src, int fd, unsigned rev, void *data) {
+  peer_t *p = data;
+  (void)src;
+  (void)fd;
+  if ((rev & (AX_READABLE | AX_HANGUP | AX_ERROR)) && p->reading && !p->eof)
+    peer_read(p);
+  if ((rev & (AX_WRITABLE | AX_HANGUP | AX_ERROR)) && p->wsent < p->wtotal)
+    peer_write(p);
+  peer_update(p);
+}
+
+static int64_t peer_tick(ax_source_t *t, void *data) {
+  peer_t *p = data;
+  (void)t;
+  p->budget = p->per_tick;
+  peer_update(p);
+  return AX_TIMER_CONTINUE;
+}
+
+/* A peer on @fd (owned: closed by peer_free), not reading yet. */
+static void peer_init(peer_t *p, ax_loop_t *loop, int fd) {
+  memset(p, 0, sizeof *p);
+  struct stat st;
+  assert_int_equal(fstat(fd, &st), 0);
+  p->loop = loop;
+  p->fd = fd;
+  p->sock = S_ISSOCK(st.st_mode);
+  p->hash = FNV_INIT;
+  set_nonblock(fd);
+  assert_int_equal(ax_io_new(loop, fd, peer_io, p, &p->io), 0);
+}
+
+/* Start reading, at most @per_tick bytes every @tick_ms (0: no limit). */
+static void peer_read_start(peer_t *p, size_t per_tick, unsigned tick_ms) {
+  p->reading = true;
+  p->per_tick = per_tick;
+  p->budget = per_tick;
+  if (per_tick && p->tick == NULL) {
+    assert_int_equal(ax_timer_new(p->loop, peer_tick, p, &p->tick), 0);
+    assert_int_equal(ax_timer_start(p->tick, tick_ms, tick_ms), 0);
+  }
+  peer_update(p);
+}
+
+/* Keep the first @cap bytes read. */
+static void peer_keep(peer_t *p, size_t cap) {
+  p->keep = calloc(1, cap ? cap : 1);
+  assert_non_null(p->keep);
+  p->keep_cap = cap;
+}
+
+/* Write @total bytes of pattern @seed, then shut down the write side if
+ * @shut. */
+static void peer_write_start(peer_t *p, uint64_t seed, uint64_t total, bool shut) {
+  p->wseed = seed;
+  p->wtotal = total;
+  p->wshut = shut;
+  peer_update(p);
+}
+
+static void peer_free(peer_t *p) {
+  if (p->tick)
+    ax_source_free(p->tick);
+  if (p->io)
+    ax_source_free(p->io);
+  if (p->fd >= 0)
+    close(p->fd);
+  free(p->keep);
+  p->io = p->tick = NULL;
+  p->keep = NULL;
+  p->fd = -1;
+}
+
+/* Read exactly @n bytes from a blocking-ish socket within @ms; bytes got. */
+static size_t read_full(int fd, void *buf, size_t n, int ms) {
+  size_t got = 0;
+  uint64_t end = mono_ms() + (uint64_t)ms;
+  while (got < n && mono_ms() < end) {
+    struct pollfd pf = {fd, POLLIN, 0};
+    if (poll(&pf, 1, 20) <= 0)
+      continue;
+    ssize_t r = read(fd, (char *)buf + got, n - got);
+    if (r > 0)
+      got += (size_t)r;
+    else if (r == 0 || (errno != EAGAIN && errno != EINTR))
+      break;
+  }
+  return got;
+}
+
+/* ------------------------------------------------------------------------ */
+/* An echo server on the proactor                                            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct esrv {
+  ax_loop_t *loop;
+  ax_listener_t *l;
+  ax_addr_t addr;
+  int accepted, open_failed, emfile, accept_errors;
+  int failed, closed;
+} esrv_t;
+
+static void es_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud);
+
+static void es_closed(ax_stream_t *s, void *ud) {
+  esrv_t *e = ud;
+  (void)s;
+  e->closed++;
+}
+
+static void es_flushed(ax_stream_t *s, int status, void *ud) {
+  (void)status;
+  (void)ud;
+  ax_stream_close(s, es_closed);
+}
+
+static void es_drain(ax_stream_t *s, int status, void *ud) {
+  (void)status;
+  (void)ud;
+  ax_stream_read_start(s, es_read); /* -EINVAL once closing: fine */
+}
+
+static void es_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
+  esrv_t *e = ud;
+  if (status == AX_EOF) {
+    if (ax_stream_shutdown(s, es_flushed) < 0)
+      ax_stream_close(s, es_closed);
+    return;
+  }
+  if (status < 0 || ax_stream_write_slices(s, data, 1, NULL, NULL) < 0) {
+    e->failed++;
+    ax_stream_close(s, es_closed);
+    return;
+  }
+  if (!ax_stream_writable(s))
+    ax_stream_read_stop(s); /* resumed by es_drain */
+}
+
+static void es_accept(ax_listener_t *l, int status, int fd, const ax_addr_t *peer,
+                      void *ud) {
+  esrv_t *e = ud;
+  ax_stream_t *s;
+  (void)peer;
+  if (status < 0) {
+    e->accept_errors++;
+    if (status == -EMFILE)
+      e->emfile++;
+    return;
+  }
+  if (ax_stream_open(ax_listener_loop(l), fd, e, &s) < 0) {
+    e->open_failed++;
+    close(fd);
+    return;
+  }
+  e->accepted++;
+  ax_stream_nodelay(s, true);
+  ax_stream_set_write_limits(s, 64 * 1024, 0, es_drain);
+  if (ax_stream_read_start(s, es_read) < 0)
+    ax_stream_close(s, es_closed);
+}
+
+/* Start an echo server on 127.0.0.1 (port 0) with @opts (may be NULL). */
+static int esrv_start(esrv_t *e, ax_loop_t *loop, const ax_listen_options_t *opts) {
+  memset(e, 0, sizeof *e);
+  e->loop = loop;
+  ax_addr_t a;
+  int rc = ax_addr_ip("127.0.0.1", 0, &a);
+  if (rc == 0)
+    rc = ax_listener_new(loop, &a, opts, es_accept, e, &e->l);
+  if (rc == 0)
+    rc = ax_listener_addr(e->l, &e->addr);
+  return rc;
+}
+
+static void esrv_stop(esrv_t *e) {
+  if (e->l)
+    ax_listener_close(e->l);
+  e->l = NULL;
+}
+
+/* ------------------------------------------------------------------------ */
+/* 1. Echo                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* A plain-socket client on its own thread: writes @total bytes of pattern
+ * @seed, shuts down, reads the echo until EOF. Never calls cmocka. */
+typedef struct tcli {
+  ax_addr_t to;
+  uint64_t seed;
+  size_t total, sent, got;
+  bool bad, eof;
+  int err;
+  atomic_int done;
+} tcli_t;
+
+static void *tcli_main(void *arg) {
+  tcli_t *c = arg;
+  char *wb = malloc(65536), *rb = malloc(65536);
+  int fd = socket(c->to.u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (wb == NULL || rb == NULL || fd < 0 || connect(fd, &c->to.u.sa, c->to.len) < 0) {
+    c->err = -errno;
+    goto out;
+  }
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  bool shut = false;
+  uint64_t end = mono_ms() + 30000;
+  while (!c->eof && c->err == 0 && mono_ms() < end) {
+    struct pollfd pf = {fd, (short)(POLLIN | (c->sent < c->total ? POLLOUT : 0)), 0};
+    if (poll(&pf, 1, 100) < 0 && errno != EINTR) {
+      c->err = -errno;
+      break;
+    }
+    if (c->sent < c->total) {
+      size_t n = min_sz(65536, c->total - c->sent);
+      pat_fill(c->seed, c->sent, wb, n);
+      ssize_t w = send(fd, wb, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (w > 0)
+        c->sent += (size_t)w;
+      else if (w < 0 && errno != EAGAIN && errno != EINTR)
+        c->err = -errno;
+    } else if (!shut) {
+      shutdown(fd, SHUT_WR);
+      shut = true;
+    }
+    ssize_t r = read(fd, rb, 65536);
+    if (r > 0) {
+      if (pat_diff(c->seed, c->got, rb, (size_t)r) >= 0)
+        c->bad = true;
+      c->got += (size_t)r;
+    } else if (r == 0) {
+      c->eof = true;
+    } else if (errno != EAGAIN && errno != EINTR) {
+      c->err = -errno;
+    }
+  }
+out:
+  if (fd >= 0)
+    close(fd);
+  free(wb);
+  free(rb);
+  atomic_store(&c->done, 1);
+  return NULL;
+}
+
+static void test_echo_one(void **state) {
+  (void)state;
+  ax_loop_t *loop = ax_test_loop();
+  esrv_t e;
+  assert_int_equal(esrv_start(&e, loop, NULL), 0);
+  tcli_t c = {.to = e.addr, .seed = 11, .total = scaled(8u << 20)};
+  atomic_init(&c.done, 0);
+  pthread_t thr;
+  ax_source_t *tk = ticker(loop, 5);
+  assert_int_equal(pthread_create(&thr, NULL, tcli_main, &c), 0);
+  bool ok = RUN_UNTIL(loop, atomic_load(&c.done) && e.closed == e.accepted, 30000);
+  guard_start("test_echo_one: client thread", 30);
+  pthread_join(thr, NULL);
+  guard_stop();
+  assert_true(ok);
+  assert_int_equal(c.err, 0);
+  assert_false(c.bad);
+  assert_int_equal(c.sent, c.total);
+  assert_int_equal(c.got, c.total);
+  assert_true(c.eof);
+  assert_int_equal(e.accepted, 1);
+  assert_int_equal(e.closed, 1);
+  assert_int_equal(e.failed, 0);
+  assert_int_equal(px_info(loop).streams, 0);
+  ax_source_free(tk);
+  esrv_stop(&e);
+  AX_FREE_LOOP(loop);
+}
+
+/* An axon client on the server's loop. */
+typedef struct ecli {
+  int *closed;
+  uint64_t seed;
+  size_t total, got;
+  int cstatus, err, connects;
+  bool eof, bad;
+} ecli_t;
+
+static void ec_closed(ax_stream_t *s, void *ud) {
+  ecli_t *c = ud;
+  (void)s;
+  (*c->closed)++;
+}
+
+static void ec_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
+  ecli_t *c = ud;
+  if (status > 0) {
+    if (pat_diff(c->seed, c->got, ax_slice_ptr(*data), data->len) >= 0)
+      c->bad = true;
+    c->got += data->len;
+    return;
+  }
+  if (status == AX_EOF)
+    c->eof = true;
+  else
+    c->err = status;
+  ax_stream_close(s, ec_closed);
+}
+
+static void ec_connect(ax_stream_t *s, int status, void *ud) {
+  ecli_t *c = ud;
+  c->connects++;
+  c->cstatus = status;
+  if (status < 0) {
+    ax_stream_close(s, ec_closed);
+    return;
+  }
+  char *buf = malloc(c->total);
+  assert_non_null(buf);
+  pat_fill(c->seed, 0, buf, c->total);
+  int rc = ax_stream_write(s, buf, c->total, NULL, NULL); /* copied */
+  free(buf);
+  if (rc == 0)
+    rc = ax_stream_shutdown(s, NULL);
+  if (rc == 0)
+    rc = ax_stream_read_start(s, ec_read);
+  if (rc < 0) {
+    c->err = rc;
+    ax_stream_close(s, ec_closed);
+  }
+}
+
+static void test_echo_many(void **state) {
+  (void)state;
+  size_t n = 1000;
+  if (ax_test_backend == AX_BACKEND_SELECT) {
+    n = 300; /* 2 fds per connection in this process, all below FD_SETSIZE */
+    printf("[  NOTE    ] select: %zu connections (fds must stay below %d)\n", n,
+           FD_SETSIZE);
+  }
+  if (!nofile_at_least(2 * n + 64)) {
+    printf("[  SKIPPED ] echo_many: RLIMIT_NOFILE hard limit below %zu\n", 2 * n + 64);
+    skip();
+  }
+  ax_loop_t *loop = ax_test_loop();
+  esrv_t e;
+  assert_int_equal(esrv_start(&e, loop, NULL), 0);
+  ecli_t *c = calloc(n, sizeof *c);
+  assert_non_null(c);
+  int closed = 0;
+  for (size_t i = 0; i < n; i++) {
+    ax_stream_t *s;
+    c[i].closed = &closed;
+    c[i].seed = 1000 + i;
+    c[i].total = 512 + (i * 7919) % 6000;
+    int rc = ax_connect(loop, &e.addr, 5000, ec_connect, &c[i], &s);
+    if (rc != 0)
+      fail_msg("ax_connect #%zu: %s", i, ax_strerror(rc));
+  }
+  bool ok = RUN_UNTIL(loop, closed == (int)n && e.closed == (int)n, 30000);
+  if (!ok)
+    fail_msg("%d of %zu clients closed, server: %d accepted, %d closed", closed, n,
+             e.accepted, e.closed);
+  for (size_t i = 0; i < n; i++) {
+    if (c[i].connects != 1 || c[i].cstatus != 0 || c[i].err != 0 || c[i].bad ||
+        c[i].got != c[i].total || !c[i].eof)
+      fail_msg("client %zu: connects %d status %d err %s bad %d got %zu of %zu eof %d",
+               i, c[i].connects, c[i].cstatus, ax_err_name(c[i].err), c[i].bad,
+               c[i].got, c[i].total, c[i].eof);
+  }
+  assert_int_equal(e.accepted, (int)n);
+  assert_int_equal(e.failed, 0);
+  assert_int_equal(e.open_failed, 0);
+  assert_int_equal(px_info(loop).streams, 0);
+  free(c);
+  esrv_stop(&e);
+  AX_FREE_LOOP(loop);
+}
+
+/* ------------------------------------------------------------------------ */
+/* 2. Partial writes                                                         */
+/* ------------------------------------------------------------------------ */
+
+#define PW_MAX_WRITES 200000
+
+typedef struct pw {
+  ax_stream_t *s;
+  uint64_t rng, seed, hash;
+  size_t total, sent, maxq, maxw;
+  int nw, ncb, order_bad, status_bad, queued_writes, drains;
+  int *cbs; /* completions per write */
+  bool shut;
+  int shut_calls, shut_status;
+} pw_t;
+
+static void pw_cb(ax_stream_t *s, int status, void *ud) {
+  pw_t *w = ax_stream_data(s);
+  int idx = (int)(intptr_t)ud;
+  if (idx != w->ncb)
+    w->order_bad++;
+  if (status != 0)
+    w->status_bad++;
+  w->cbs[idx]++;
+  w->ncb++;
+}
+
+static void pw_shut(ax_stream_t *s, int status, void *ud) {
+  pw_t *w = ax_stream_data(s);
+  (void)ud;
+  w->shut_calls++;
+  w->shut_status = status;
+}
+
+/* Write while the stream is writable; random sizes, three ways to write. */
+static void pw_pump(pw_t *w) {
+  static char buf[32768];
+  while (w->sent < w->total && ax_stream_writable(w->s)) {
+    size_t n = 1 + (size_t)(xorshift(&w->rng) % sizeof buf);
+    n = min_sz(n, w->total - w->sent);
+    pat_fill(w->seed, w->sent, buf, n);
+    w->hash = fnv(w->hash, buf, n);
+    int idx = w->nw++;
+    assert_true(idx < PW_MAX_WRITES);
+    void *ud = (void *)(intptr_t)idx;
+    int rc;
+    if (idx % 3 == 0) {
+      rc = ax_stream_write(w->s, buf, n, pw_cb, ud);
+    } else {
+      ax_slice_t sl, v[2];
+      assert_int_equal(ax_buf_copy(ax_stream_loop(w->s), buf, n, &sl), 0);
+      int k = 1;
+      v[0] = sl;
+      if (idx % 3 == 2 && n > 1) { /* two slices of one buffer */
+        assert_int_equal(ax_slice_sub(sl, 0, n / 2, &v[0]), 0);
+        assert_int_equal(ax_slice_sub(sl, n / 2, n - n / 2, &v[1]), 0);
+        k = 2;
+      }
+      rc = ax_stream_write_slices(w->s, v, k, pw_cb, ud);
+      ax_buf_unref(sl.buf); /* the queue holds its own reference */
+    }
+    assert_int_equal(rc, 0);
+    w->sent += n;
+    w->maxw = n > w->maxw ? n : w->maxw;
+    size_t q = ax_stream_write_queued(w->s);
+    if (q > 0)
+      w->queued_writes++;
+    if (q > w->maxq)
+      w->maxq = q;
+  }
+  if (w->sent == w->total && !w->shut) {
+    w->shut = true;
+    assert_int_equal(ax_stream_shutdown(w->s, pw_shut), 0);
+  }
+}
+
+static void pw_drain(ax_stream_t *s, int status, void *ud) {
+  pw_t *w = ax_stream_data(s);
+  (void)ud;
+  assert_int_equal(status, 0);
+  w->drains++;
+  pw_pump(w);
+}
+
+static void test_partial_writes(void **state) {
+  (void)state;
+  ax_loop_t *loop = ax_test_loop();
+  int sv[2];
+  tcp_pair_bufs(sv, 4096, 4096);
+  const size_t high = 64 * 1024;
+  pw_t w = {.rng = 0x5eed1234u + (uint64_t)ax_test_backend, .seed = 77,
+            .hash = FNV_INIT, .total = scaled(4u << 20)};
+  printf("[  INFO    ] partial writes: seed %llu\n", (unsigned long long)w.rng);
+  w.cbs = calloc(PW_MAX_WRITES, sizeof *w.cbs);
+  assert_non_null(w.cbs);
+  w.s = open_stream(loop, sv[0], &w);
+  assert_int_equal(ax_stream_set_write_limits(w.s, high, 0, pw_drain), 0);
+  peer_t p;
+  peer_init(&p, loop, sv[1]);
+  p.rseed = w.seed;
+  p.chunk = 4096;
+  peer_read_start(&p, 32 * 1024, 1); /* 32 KiB per millisecond at most */
+  pw_pump(&w);
+  assert_true(RUN_UNTIL(loop, p.eof || p.err || p.bad, 30000));
+  assert_int_equal(p.err, 0);
+  assert_false(p.bad);
+  assert_int_equal(p.got, w.total);
+  assert_true(p.hash == w.hash);
+  assert_true(RUN_UNTIL(loop, w.shut_calls == 1, 2000));
+  assert_int_equal(w.shut_status, 0);
+  assert_int_equal(w.ncb, w.nw);
+  assert_int_equal(w.order_bad, 0);
+  assert_int_equal(w.status_bad, 0);
+  for (int i = 0; i < w.nw; i++)
+    if (w.cbs[i] != 1)
+      fail_msg("write %d completed %d times", i, w.cbs[i]);
+  /* The writes did go partial: bytes waited in the queue, drain came. */
+  assert_true(w.queued_writes > 0);
+  assert_true(w.drains > 0);
+  /* A writer that respects writability passes the mark by one write. */
+  assert_true(w.maxq <= high + w.maxw);
+  ax_stream_stats_t st = sstats(w.s);
+  assert_int_equal(st.bytes_written, w.total);
+  close_and_wait(loop, w.s);
+  peer_free(&p);
+  free(w.cbs);
+  AX_FREE_LOOP(loop);
+}
+
+/* ---- an empty write behind queued bytes --------------------------------- */
+
+typedef struct order {
+  int seq[16];
+  int st[16];
+  int n;
+} order_t;
+
+static void order_cb(ax_stream_t *s, int status, void *ud) {
+  order_t *o = ax_stream_data(s);
+  if (o->n < 16) {
+    o->seq[o->n] = (int)(intptr_t)ud;
+    o->st[o->n] = status;
+  }
+  o->n++;
+}
+
+/* "Writes complete in order": a zero-length write (plain and slices) queued
+ * behind bytes the kernel did not take must complete after them. */
+static void test_zero_length_write(void **state) {
+  (void)state;
+  ax_loop_t *loop = ax_test_loop();
+  int sv[2];
+  tcp_pair_bufs(sv, 4096, 4096);
+  order_t o = {.n = 0};
+  ax_stream_t *s = open_stream(loop, sv[0], &o);
+  static char big[256 * 1024];
+  assert_int_equal(ax_stream_write(s, big, sizeof big, order_cb, (void *)0), 0);
+  assert_true(ax_stream_write_queued(s) > 0); /* the peer is not reading */
+  assert_int_equal(ax_stream_write(s, "", 0, order_cb, (void *)1), 0);
+  assert_int_equal(ax_stream_write_slices(s, NULL, 0, order_cb, (void *)2), 0);
+  assert_int_equal(ax_stream_write(s, "z", 1, order_cb, (void *)3), 0);
+  run_for(loop, 30);
+  peer_t p;
+  peer_init(&p, loop, sv[1]);
+  peer_read_start(&p, 0, 0);
+  assert_true(RUN_UNTIL(loop, o.n >= 4 && p.got == sizeof big + 1, 5000));
+  assert_int_equal(o.n, 4);
+  for (int i = 0; i < 4; i++) {
+    if (o.seq[i] != i)
+      fail_msg("completion %d was write %d (order: %d %d %d %d)", i, o.seq[i],
+               o.seq[0], o.seq[1], o.seq[2], o.seq[3]);
+    assert_int_equal(o.st[i], 0);
+  }
+  close_and_wait(loop, s);
+  peer_free(&p);
+  AX_FREE_LOOP(loop);
+}
+
+/* ------------------------------------------------------------------------ */
+/* 3. A peer that never reads                                                */
+/* ------------------------------------------------------------------------ */
+
+typedef struct nr {
+  ax_stream_t *s;
+  size_t chunk, maxq, high;
+  uint64_t writes, drains;
+  bool stop;
+  /* read callback */
+  int rcalls, rstatus;
+  uint64_t rat_ms;
+  /* write callbacks */
+  int wcalls[4], wstatus[4];
+} nr_t;
+
+static void nr_pump(nr_t *n) {
+  static char buf[16384];
+  while (!n->stop && ax_stream_writable(n->s)) {
+    assert_int_equal(ax_stream_write(n->s, buf, n->chunk, NULL, NULL), 0);
+    n->writes++;
+    size_t q = ax_stream_write_queued(n->s);
+    n->maxq = q > n->maxq ? q : n->maxq;
+  }
+}
+
+static void nr_drain(ax_stream_t *s, int status, void *ud) {
+  nr_t *n = ax_stream_data(s);
+  (void)status;
+  (void)ud;
+  n->drains++;
+  nr_pump(n);
+}
+
+static void nr_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
+  nr_t *n = ud;
+  (void)s;
+  (void)data;
+  n->rcalls++;
+  n->rstatus = status;
+  n->rat_ms = mono_ms();
+}
+
+static void nr_wcb(ax_stream_t *s, int status, void *ud) {
+  nr_t *n = ax_stream_data(s);
+  int i = (int)(intptr_t)ud;
+  n->wcalls[i]++;
+  n->wstatus[i] = status;
+}
+
+static void test_never_reads(void **state) {
+  (void)state;
+  ax_loop_t *loop = ax_test_loop();
+  int sv[2];
+  tcp_pair_bufs(sv, 4096, 4096);
+  nr_t n = {.chunk = 16384, .high = 64 * 1024};
+  n.s = open_stream(loop, sv[0], &n);
+  assert_int_equal(ax_stream_set_write_limits(n.s, n.high, 0, nr_drain), 0);
+  nr_pump(&n);
+  run_for(loop, 150); /* the kernel takes what it takes; drain may come */
+  assert_false(ax_stream_writable(n.s));
+  size_t q1 = ax_stream_write_queued(n.s);
+  run_for(loop, 100);
+  assert_int_equal(ax_stream_write_queued(n.s), q1); /* no growth, no progress */
+  assert_true(q1 > n.high);
+  assert_true(n.maxq <= n.high + n.chunk);
+
+  /* The hard limit: past it -ENOBUFS and nothing queued. */
+  assert_int_equal(ax_stream_set_write_limits(n.s, n.high, n.high - 1, nr_drain),
+                   -EINVAL);
+  size_t limit = q1 + 100;
+  assert_int_equal(ax_stream_set_write_limits(n.s, n.high, limit, nr_drain), 0);
+  static char buf[200];
+  assert_int_equal(ax_stream_write(n.s, buf, 101, NULL, NULL), -ENOBUFS);
+  assert_int_equal(ax_stream_write_queued(n.s), q1);
+  ax_slice_t sl;
+  assert_int_equal(ax_buf_copy(loop, buf, 101, &sl), 0);
+  assert_int_equal(ax_stream_write_slices(n.s, &sl, 1, NULL, NULL), -ENOBUFS);
+  ax_buf_unref(sl.buf);
+  assert_int_equal(ax_stream_write_queued(n.s), q1);
+  assert_int_equal(ax_stream_write(n.s, buf, 100, NULL, NULL), 0); /* to the limit */
+  assert_int_equal(ax_stream_write_queued(n.s), limit);
+  assert_int_equal(ax_stream_write(n.s, buf, 1, NULL, NULL), -ENOBUFS);
+  assert_int_equal(ax_stream_write_queued(n.s), limit);
+
+  /* The write deadline: no progress for 200 ms fails the stream. */
+  n.stop = true;
+  assert_int_equal(ax_stream_set_write_limits(n.s, n.high, 0, nr_drain), 0);
+  assert_int_equal(ax_stream_read_start(n.s, nr_read), 0);
+  assert_int_equal(ax_stream_write(n.s, buf, 10, nr_wcb, (void *)0), 0);
+  assert_int_equal(ax_stream_write(n.s, buf, 10, nr_wcb, (void *)1), 0);
+  uint64_t t0 = mono_ms();
+  assert_int_equal(ax_stream_set_write_timeout(n.s, 200), 0);
+  assert_true(RUN_UNTIL(loop, n.rcalls > 0 && n.wcalls[0] && n.wcalls[1], 5000));
+  uint64_t took = n.rat_ms - t0;
+  assert_int_equal(n.rstatus, -ETIMEDOUT);
+  if (took < 180 || took > 1500)
+    fail_msg("deadline of 200 ms fired after %llu ms", (unsigned long long)took);
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(n.wcalls[i], 1);
+    assert_int_equal(n.wstatus[i], -ETIMEDOUT);
+  }
+  assert_int_equal(ax_stream_write_queued(n.s), 0);
+  assert_int_equal(ax_stream_write(n.s, buf, 1, NULL, NULL), -ETIMEDOUT);
+  assert_int_equal(ax_stream_read_start(n.s, nr_read), -ETIMEDOUT);
+  run_for(loop, 100);
+  assert_int_equal(n.rcalls, 1); /* once */
+  assert_int_equal(n.wcalls[0] + n.wcalls[1], 2);
+  close_and_wait(loop, n.s);
+  close(sv[1]);
+  AX_FREE_LOOP(loop);
+}
+
+/* ------------------------------------------------------------------------ */
+/* 4. Reset peers, writes after the peer closed, SIGPIPE                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct rs {
+  int rcalls, rstatus, data;
+  int wcalls[4], wstatus[4];
+} rs_t;
+
+static void rs_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
+  rs_t *r = ud;
+  (void)s;
+  (void)data;
+  if (status > 0) {
+    r->data += status;
+    return;
+  }
+  r->rcalls++;
+  r->rstatus = status;
+}
+
+static void rs_wcb(ax_stream_t *s, int status, void *ud) {
+  rs_t *r = ax_stream_data(s);
+  int i = (int)(intptr_t)ud;
+  r->wcalls[i]++;
+  r->wstatus[i] = status;
+}
+
+static bool is_reset_error(int st) { return st == -ECONNRESET || st == -EPIPE; }
+
+static void test_reset(void **state) {
+  (void)state;
+  ax_loop_t *loop = ax_test_loop();
+  int sv[2];
+
+  /* An idle reading stream whose peer resets. */
+  tcp_pair(sv);
+  rs_t r = {0};
+  ax_stream_t *s = open_stream(loop, sv[0], &r);
+  assert_int_equal(ax_stream_read_start(s, rs_read), 0);
+  set_linger0(sv[1]);
+  close(sv[1]);
+  assert_true(RUN_UNTIL(loop, r.rcalls > 0, 5000));
+  run_for(loop, 50);
+  assert_int_equal(r.rcalls, 1);
+  assert_int_equal(r.rstatus, -ECONNRESET);
+  assert_int_equal(ax_stream_write(s, "x", 1, NULL, NULL), -ECONNRESET);
+  assert_int_equal(ax_stream_read_start(s, rs_read), -ECONNRESET);
+  close_and_wait(loop, s);
+
+  /* Writes queued (the peer does not read) when the peer resets. */
+  tcp_pair_bufs(sv, 4096, 4096);
+  memset(&r, 0, sizeof r);
+  s = open_stream(loop, sv[0], &r);
+  assert_int_equal(ax_stream_read_start(s, rs_read), 0);
+  static char buf[64 * 1024];
+  for (int i = 0; i < 4; i++)
+    assert_int_equal(ax_stream_write(s, buf, sizeof buf, rs_wcb, (void *)(intptr_t)i),
+                     0);
+  run_for(loop, 20);
+  assert_true(ax_stream_write_queued(s) > 0);
+  set_linger0(sv[1]);
+  close(sv[1]);
+  assert_true(RUN_UNTIL(loop,
+                        r.rcalls > 0 && r.wcalls[0] && r.wcalls[1] && r.wcalls[2] &&
+                            r.wcalls[3],
+                        5000));
+  run_for(loop, 50);
+  assert_int_equal(r.rcalls, 1);
+  if (!is_reset_error(r.rstatus))
+    fail_msg("read callback got %s", ax_err_name(r.rstatus));
+  for (int i = 0; i < 4; i++) {
+    assert_int_equal(r.wcalls[i], 1);
+    if (r.wstatus[i] != 0 && r.wstatus[i] != r.rstatus)
+      fail_msg("write %d: %s, the stream failed with %s", i, ax_err_name(r.wstatus[i]),
+               ax_err_name(r.rstatus));
+  }
+  assert_int_equal(r.wstatus[3], r.rstatus); /* the last one was queued */
+  close_and_wait(loop, s);
+  AX_FREE_LOOP(loop);
+}
+
+/* In a child with SIGPIPE at its default (deadly) action: write to a socket
+ * whose peer closed until the stream fails; the child must survive. */
+static int child_sigpipe_socket(void *arg) {
+  ax_backend_t be = *(ax_backend_t *)arg;
+  signal(SIGPIPE, SIG_DFL);
+  ax_loop_options_t o;
+  ax_loop_options_init(&o);
+  o.backend = be;
+  ax_loop_t *loop = NULL;
+  CHILD_CHECK(ax_loop_new(&o, &loop) == 0);
+  int sv[2];
+  tcp_pair(sv);
+  rs_t r = {0};
+  ax_stream_t *s = NULL;
+  CHILD_CHECK(ax_stream_open(loop, sv[0], &r, &s) == 0);
+  CHILD_CHECK(ax_stream_read_start(s, rs_read) == 0);
+  close(sv[1]); /* a normal close: FIN, then RST for what we send */
+  static char buf[64 * 1024];
+  int werr = 0;
+  for (int i = 0; i < 500 && werr == 0; i++) {
+    int rc = ax_stream_write(s, buf, sizeof buf, NULL, NULL);
+    if (rc < 0)
+      werr = rc;
+    for (int k = 0; k < 4; k++)
+      ax_loop_run(loop, AX_RUN_NOWAIT);
+    if (r.rcalls > 0 && r.rstatus != AX_EOF && werr == 0)
+      werr = r.rstatus;
+    sleep_ms(1);
+  }
+  CHILD_CHECK(is_reset_error(werr));
+  CHILD_CHECK(sigpipe_is(SIG_DFL)); /* MSG_NOSIGNAL did it, not a handler */
+  ax_stream_close(s, NULL);
+  ax_loop_free(loop);
+  return 0;
+}
+
+static void test_sigpipe(void **state) {
+  (void)state;
+  /* Sockets: MSG_NOSIGNAL, whatever the disposition. */
+  ax_backend_t be = ax_test_backend;
+  in_child(child_sigpipe_socket, &be, 20, "writes to a closed socket, SIG_DFL");
+
+  /* Pipes: the library ignores SIGPIPE at the first stream it opens on a
+   * non-socket (when nobody chose a disposition), so a write to a pipe
+   * without a reader returns -EPIPE and the process lives. */
+  ax_loop_t *loop = ax_test_loop();
+  int p[2];
+  assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+  ax_stream_t *s = open_stream(loop, p[1], NULL);
+  if (sigpipe_dfl_at_start)
+    assert_true(sigpipe_is(SIG_IGN));
+  close(p[0]);
+  assert_int_equal(ax_stream_write(s, "x", 1, NULL, NULL), -EPIPE);
+  assert_int_equal(ax_stream_write(s, "x", 1, NULL, NULL), -EPIPE); /* failed */
+  close_and_wait(loop, s);
+  AX_FREE_LOOP(loop);
+}
+
+/* ------------------------------------------------------------------------ */
+/* 5. EMFILE: a server child with RLIMIT_NOFILE 64, the clients here         */
+/* ------------------------------------------------------------------------ */
+
+typedef struct emf_stats {
+  uint64_t accepted, shed, pauses, iters, ms;
+  int emfile, accept_errors, open_failed, closed;
+} emf_stats_t;
+
+typedef struct emf_child {
+  ax_backend_t be;
+  int cmd, rep; /* the child's ends of the two pipes */
+  ax_loop_t *loop;
+  esrv_t e;
+  uint64_t mark_iters, mark_ms;
+} emf_child_t;
+
+/* A command from the parent: S stats, M mark (and stats), Q quit. The
+ * reply carries the iterations and milliseconds since the last mark. */
+static void emf_cmd(ax_source_t *src, int fd, unsigned rev, void *data) {
+  emf_child_t *c = data;
+  char cmd = 'Q';
+  (void)src;
+  (void)rev;
+  if (read(fd, &cmd, 1) != 1)
+    cmd = 'Q'; /* the parent is gone */
+  ax_listener_stats_t ls;
+  ax_loop_info_t li;
+  CHILD_CHECK(ax_listener_stats(c->e.l, &ls) == 0);
+  CHILD_CHECK(ax_loop_info(c->loop, &li) == 0);
+  if (cmd == 'M') {
+    c->mark_iters = li.iterations;
+    c->mark_ms = mono_ms();
+  }
+  emf_stats_t st = {.accepted = ls.accepted, .shed = ls.shed, .pauses = ls.pauses,
+                    .iters = li.iterations - c->mark_iters,
+                    .ms = mono_ms() - c->mark_ms, .emfile = c->e.emfile,
+                    .accept_errors = c->e.accept_errors,
+                    .open_failed = c->e.open_failed, .closed = c->e.closed};
+  CHILD_CHECK(write(c->rep, &st, sizeof st) == (ssize_t)sizeof st);
+  if (cmd == 'Q')
+    ax_loop_stop(c->loop);
+}
+
+static int child_emfile(void *arg) {
+  emf_child_t *c = arg;
+  struct rlimit rl;
+  CHILD_CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+  rl.rlim_cur = 64;
+  CHILD_CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+  ax_loop_options_t o;
+  ax_loop_options_init(&o);
+  o.backend = c->be;
+  CHILD_CHECK(ax_loop_new(&o, &c->loop) == 0);
+  ax_listen_options_t lo;
+  ax_listen_options_init(&lo);
+  lo.backlog = 512;
+  CHILD_CHECK(esrv_start(&c->e, c->loop, &lo) == 0);
+  unsigned port = ax_addr_port(&c->e.addr);
+  CHILD_CHECK(write(c->rep, &port, sizeof port) == (ssize_t)sizeof port);
+  ax_source_t *io = NULL;
+  CHILD_CHECK(ax_io_new(c->loop, c->cmd, emf_cmd, c, &io) == 0);
+  CHILD_CHECK(ax_io_start(io, AX_READABLE) == 0);
+  CHILD_CHECK(ax_loop_run(c->loop, AX_RUN_DEFAULT) == 0);
+  esrv_stop(&c->e);
+  CHILD_CHECK(ax_loop_free(c->loop) == 0);
+  return 0;
+}
+
+/* The server child and the parent's pipe ends, for emfile_teardown. */
+static pid_t emf_pid;
+static int emf_fds[2] = {-1, -1};
+
+static emf_stats_t emf_ask(int cmd, int rep, char c) {
+  emf_stats_t st;
+  assert_int_equal(write(cmd, &c, 1), 1);
+  assert_int_equal(read_full(rep, &st, sizeof st, 5000), sizeof st);
+  return st;
+}
+
+/* A blocking client socket connected to @a, or -1. */
+static int client_to(const ax_addr_t *a) {
+  int fd = socket(a->u.sa.sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(fd >= 0);
+  if (connect(fd, &a->u.sa, a->len) < 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/* Send @msg and read it back within @ms. */
+static bool echo_ok(int fd, const char *msg, int ms) {
+  char buf[128];
+  size_t n = strlen(msg);
+  assert_true(n <= sizeof buf);
+  if (send(fd, msg, n, MSG_NOSIGNAL) != (ssize_t)n)
+    return false;
+  return read_full(fd, buf, n, ms) == n && memcmp(buf, msg, n) == 0;
+}
+
+static void test_emfile(void **state) {
+  (void)state;
+  enum { EARLY = 4, EXTRA = 150 };
+  int cmd[2], rep[2];
+  assert_int_equal(pipe2(cmd, O_CLOEXEC), 0);
+  assert_int_equal(pipe2(rep, O_CLOEXEC), 0);
+  emf_child_t c = {.be = ax_test_backend, .cmd = cmd[0], .rep = rep[1]};
+  fflush(stdout);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setenv("CMOCKA_TEST_ABORT", "1", 1);
+    close(cmd[1]);
+    close(rep[0]);
+    alarm(30);
+    _exit(child_emfile(&c));
+  }
+  close(cmd[0]);
+  close(rep[1]);
+  emf_pid = pid;
+  emf_fds[0] = cmd[1];
+  emf_fds[1] = rep[0];
+  unsigned port = 0;
+  assert_int_equal(read_full(rep[0], &port, sizeof port, 5000), sizeof port);
+  ax_addr_t a = loopback4(port);
+
+  int early[EARLY], extra[EXTRA];
+  for (int i = 0; i < EARLY; i++) {
+    early[i] = client_to(&a);
+    assert_true(early[i] >= 0);
+    assert_true(echo_ok(early[i], "before", 3000));
+  }
+  /* More clients than the server has fds: connected by the kernel, in the
+   * backlog once the server is out of fds. */
+  for (int i = 0; i < EXTRA; i++) {
+    extra[i] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    assert_true(extra[i] >= 0);
+    int rc = connect(extra[i], &a.u.sa, a.len);
+    assert_true(rc == 0 || errno == EINPROGRESS);
+  }
+  emf_stats_t st = {0};
+  uint64_t end = mono_ms() + 5000;
+  while (mono_ms() < end && (st = emf_ask(cmd[1], rep[0], 'S')).emfile == 0)
+    sleep_ms(20);
+  if (st.emfile == 0)
+    fail_msg("no -EMFILE reported: %llu accepted, %d accept errors",
+             (unsigned long long)st.accepted, st.accept_errors);
+
+  /* One second of the episode: existing connections still echo, the loop
+   * does not spin. */
+  emf_ask(cmd[1], rep[0], 'M');
+  for (int i = 0; i < EARLY; i++)
+    assert_true(echo_ok(early[i], "during", 3000));
+  sleep_ms(500);
+  for (int i = 0; i < EARLY; i++)
+    assert_true(echo_ok(early[i], "still", 3000));
+  sleep_ms(500);
+  emf_stats_t m = emf_ask(cmd[1], rep[0], 'S');
+  printf("[  INFO    ] emfile: %llu iterations in %llu ms, %llu accepted, %llu shed, "
+         "%llu pauses\n",
+         (unsigned long long)m.iters, (unsigned long long)m.ms,
+         (unsigned long long)m.accepted, (unsigned long long)m.shed,
+         (unsigned long long)m.pauses);
+  assert_true(m.ms >= 900);
+  assert_true(m.iters < 1000);
+  assert_int_equal(m.emfile, 1); /* once per episode */
+  assert_true(m.shed > 0);
+  assert_true(m.pauses > 0);
+
+  /* Recovery: fds come back, a new client is accepted and echoed. */
+  for (int i = 0; i < EXTRA; i++)
+    close(extra[i]);
+  bool ok = false;
+  end = mono_ms() + 8000;
+  while (!ok && mono_ms() < end) {
+    int fd = client_to(&a);
+    assert_true(fd >= 0);
+    ok = echo_ok(fd, "after", 1000);
+    close(fd);
+  }
+  assert_true(ok);
+  emf_stats_t f = emf_ask(cmd[1], rep[0], 'S');
+  assert_true(f.accepted > m.accepted);
+  /* Accepting the dead backlog in batches can run out of fds again before
+   * the closes come: each such episode starts after a successful accept
+   * and is reported once, and each report starts a pause. */
+  assert_true(f.emfile >= 1 && (uint64_t)f.emfile <= f.pauses);
+  for (int i = 0; i < EARLY; i++) {
+    assert_true(echo_ok(early[i], "end", 3000));
+    close(early[i]);
+  }
+  emf_ask(cmd[1], rep[0], 'Q');
+  close(cmd[1]);
+  close(rep[0]);
+  emf_fds[0] = emf_fds[1] = -1;
+  int ws = wait_child(pid, 10);
+  emf_pid = 0;
+  assert_true(WIFEXITED(ws));
+  assert_int_equal(WEXITSTATUS(ws), 0);
+}
+
+/* After a failed check: end the server child and close the pipes. */
+static int emfile_teardown(void **state) {
+  (void)state;
+  if (emf_pid > 0) {
+    kill(emf_pid, SIGKILL);
+    waitpid(emf_pid, NULL, 0);
+  }
+  for (int i = 0; i < 2; i++)
+    if (emf_fds[i] >= 0)
+      close(emf_fds[i]);
+  emf_pid = 0;
+  emf_fds[0] = emf_fds[1] = -1;
+  return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* 6. Half-close                                                             */
+/* ------------------------------------------------------------------------ */
+
+typedef struct hc {
+  uint64_t seed, got;
+  int eofs, errs, shut_calls, shut_status;
+  bool bad, data_after_eof;
+} hc_t;
+
+static void hc_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
+  hc_t *h = ud;
+  (void)s;
+  if (status > 0) {
+    if (h->eofs)
+      h->data_after_eof = true;
+    if (pat_diff(h->seed, h->got, ax_slice_ptr(*data), data->len) >= 0)
+      h->bad = true;
+    h->got += data->len;
+  } else if (status == AX_EOF) {
+    h->eofs++;
+  } else {
+    h->errs++;
+  }
+}
+
+static void hc_shut(ax_stream_t *s, int status, void *ud) {
+  hc_t *h = ud;
+  (void)s;
+  h->shut_calls++;
+  h->shut_status = status;
+}
+
+static void test_half_close(void **state) {
+  (void)state;
+  ax_loop_t *loop = ax_test_loop();
+  int sv[2];
+  tcp_pair(sv);
+  const size_t in = 100000, out = scaled(1u << 20);
+  hc_t h = {.seed = 51};
+  ax_stream_t *s = open_stream(loop, sv[0], &h);
+  assert_int_equal(ax_stream_read_start(s, hc_read), 0);
+  peer_t p;
+  peer_init(&p, loop, sv[1]);
+  p.rseed = 52;
+  peer_read_start(&p, 0, 0);
+  peer_write_start(&p, 51, in, true); /* then shutdown(SHUT_WR) */
+  assert_true(RUN_UNTIL(loop, h.eofs > 0 || h.errs > 0, 5000));
+  run_for(loop, 30);
+  assert_int_equal(h.eofs, 1);
+  assert_int_equal(h.errs, 0);
+  assert_int_equal(h.got, in);
+  assert_false(h.bad);
+  assert_false(h.data_after_eof);
+  assert_int_equal(ax_stream_read_start(s, hc_read), AX_EOF);
+
+  /* Still writable after EOF; shutdown once every byte is out. */
+  char *buf = malloc(out);
+  assert_non_null(buf);
+  pat_fill(52, 0, buf, out);
+  assert_int_equal(ax_stream_write(s, buf, out / 2, NULL, NULL), 0);
+  assert_int_equal(ax_stream_write(s, buf + out / 2, out - out / 2, NULL, NULL), 0);
+  free(buf);
+  assert_int_equal(ax_stream_shutdown(s, hc_shut), 0);
+  assert_int_equal(ax_stream_write(s, "x", 1, NULL, NULL), -EPIPE);
+  assert_int_equal(ax_stream_shutdown(s, hc_shut), -EALREADY);
+  assert_true(RUN_UNTIL(loop, p.eof || p.err, 10000));
+  assert_int_equal(p.err, 0);
+  assert_int_equal(p.got, out);
+  assert_false(p.bad);
+  assert_true(RUN_UNTIL(loop, h.shut_calls > 0, 2000));
+  assert_int_equal(h.shut_calls, 1);
+  assert_int_equal(h.shut_status, 0);
+  assert_int_equal(h.eofs, 1);
+  close_and_wait(loop, s);
+  peer_free(&p);
+  AX_FREE_LOOP(loop);
+}
+
+/* ------------------------------------------------------------------------ */
+/* 7. sendfile                                                               */
+/* ------------------------------------------------------------------------ */
+
+/* A temporary file of @size bytes of pattern @seed, already unlinked. */
+static int temp_file(size_t size, uint64_t seed) {
+  char path[] = "/tmp/axon-test-stream-XXXXXX";
+  int fd = mkstemp(path);
+  assert_true(fd >= 0);
+  assert_int_equal(unlink(path), 0);
+  char buf[65536];
+  for (size_t off = 0; off < size;) {
+    size_t n = min_sz(sizeof buf, size - off);
+    pat_fill(seed, off, buf, n);
+    assert_int_equal(write(fd, buf, n), (ssize_t)n);
+    off += n;
+  }
+  return fd;
+}
+
+typedef struct sf {
+  order_t o;        /* write callbacks, in order (order_cb) */
+  int rcalls, rstatus;
+  uint64_t last_bw; /* sampling bytes_written */
+  int partials;
+} sf_t;
+
+static void sf_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
+  sf_t *x = ax_stream_data(s);
+  (void)data;
+  (void)ud;
+  if (status <= 0) {
+    x->rcalls++;
+    x->rstatus = status;
+  }
+}
+
+/* Count the distinct values bytes_written takes below @total. */
+static void sf_sample(sf_t *x, ax_stream_t *s, uint64_t total) {
+  uint64_t bw = sstats(s).bytes_written;
+  if (bw != x->last_bw && bw < total)
+    x->partials++;
+  x->last_bw = bw;
+}
+
+/* Queue the ranges and writes of the interleaving test on @s and build the
+ * bytes expected in @exp (returns their count). @f holds pattern 21. */
+static size_t sf_queue(ax_stream_t *s, int f, size_t fsize, char *exp) {
+  size_t e = 0;
+  char mid[5000];
+  pat_fill(22, 0, mid, sizeof mid);
+  assert_int_equal(ax_stream_write(s, "HEAD-", 5, order_cb, (void *)0), 0);
+  memcpy(exp + e, "HEAD-", 5), e += 5;
+  assert_int_equal(ax_stream_sendfile(s, f, 1000, 200000, order_cb, (void *)1), 0);
+  pat_fill(21, 1000, exp + e, 200000), e += 200000;
+  assert_int_equal(ax_stream_write(s, mid, sizeof mid, order_cb, (void *)2), 0);
+  memcpy(exp + e, mid, sizeof mid), e += sizeof mid;
+  assert_int_equal(ax_stream_sendfile(s, f, 0, 10, order_cb, (void *)3), 0);
+  pat_fill(21, 0, exp + e, 10), e += 10;
+  assert_int_equal(ax_stream_sendfile(s, f, 300000, fsize - 300000, order_cb, (void *)4),
+                   0);
+  pat_fill(21, 300000, exp + e, fsize - 300000), e += fsize - 300000;
+  ax_slice_t tail;
+  assert_int_equal(ax_buf_copy(ax_stream_loop(s), "-TAIL", 5, &tail), 0);
+  assert_int_equal(ax_stream_write_slices(s, &tail, 1, order_cb, (void *)5), 0);
+  ax_buf_unref(tail.buf);
+  memcpy(exp + e, "-TAIL", 5), e += 5;
+  return e;
+}
+
+static void sf_check_order(const sf_t *x, int n) {
+  assert_int_equal(x->o.n, n);
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(x->o.seq[i], i);
+    assert_int_equal(x->o.st[i], 0);
+  }
+}
+
+/* Interleaved ranges and writes to @s (fd @fd, read by @peer_fd): exact
+ * bytes in order, with a slow reader. */
+static void sf_interleaved(ax_loop_t *loop, int fd, int peer_fd, int f, size_t fsize,
+                           bool expect_partial) {
+  sf_t x = {.o.n = 0};
+  ax_stream_t *s = open_stream(loop, fd, &x);
+  char *exp = malloc(fsize + 6000);
+  assert_non_null(exp);
+  peer_t p;
+  peer_init(&p, loop, peer_fd);
+  peer_keep(&p, fsize + 6000);
+  size_t e = sf_queue(s, f, fsize, exp);
+  peer_read_start(&p, 32 * 1024, 1);
+  assert_true(RUN_UNTIL(loop, (sf_sample(&x, s, e), p.got >= e && x.o.n == 6) || p.err,
+                        10000));
+  run_for(loop, 20);
+  assert_int_equal(p.err, 0);
+  assert_int_equal(p.got, e);
+  assert_memory_equal(p.keep, exp, e);
+  sf_check_order(&x, 6);
+  assert_int_equal(sstats(s).bytes_written, e);
+  if (expect_partial)
+    assert_true(x.partials >= 3);
+  close_and_wait(loop, s);
+  peer_free(&p);
+  free(exp);
+}
+
+static void test_sendfile(void **state) {
+  (void)state;
+  ax_loop_t *loop = ax_test_loop();
+  const size_t fsize = 512 * 1024;
+  int f = temp_file(fsize, 21);
+  int sv[2];
+
+  /* TCP, tiny send buffer, slow reader: partial progress in every range. */
+  tcp_pair_bufs(sv, 4096, 4096);
+  sf_interleaved(loop, sv[0], sv[1], f, fsize, true);
+
+  /* A pipe as the destination (sendfile(2) into a pipe). */
+  int p[2];
+  assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+  sf_interleaved(loop, p[1], p[0], f, fsize, true);
+
+  /* The read+write fallback: sendfile(2) refuses a socket opened with
+   * O_APPEND (EINVAL), so the stream copies through a buffer. */
+  sp_new(sv);
+  assert_int_equal(fcntl(sv[0], F_SETFL, fcntl(sv[0], F_GETFL) | O_APPEND), 0);
+  set_int_opt(sv[0], SOL_SOCKET, SO_SNDBUF, 4096);
+  {
+    sf_t x = {.o.n = 0};
+    ax_stream_t *s = open_stream(loop, sv[0], &x);
+    char *exp = malloc(fsize + 6000);
+    assert_non_null(exp);
+    peer_t pr;
+    peer_init(&pr, loop, sv[1]);
+    peer_keep(&pr, fsize + 6000);
+    size_t e = sf_queue(s, f, fsize, exp);
+    peer_read_start(&pr, 16 * 1024, 1);
+    assert_true(RUN_UNTIL(loop, (pr.got >= e && x.o.n == 6) || pr.err, 10000));
+    assert_int_equal(pr.got, e);
+    assert_memory_equal(pr.keep, exp, e);
+    sf_check_order(&x, 6);
+    assert_true(s->flags & AX__S_NOSENDFILE); /* the fallback did run */
+    close_and_wait(loop, s);
+    peer_free(&pr);
+    free(exp);
+  }
+
+  /* A file shorter than the range: the bytes there are sent, then -EIO. */
+  tcp_pair(sv);
+  {
+    sf_t x = {.o.n = 0};
+    ax_stream_t *s = open_stream(loop, sv[0], &x);
+    assert_int_equal(ax_stream_read_start(s, sf_read), 0);
+    peer_t pr;
+    peer_init(&pr, loop, sv[1]);
+    peer_keep(&pr, 200);
+    peer_read_start(&pr, 0, 0);
+    assert_int_equal(ax_stream_sendfile(s, f, (off_t)fsize - 100, 1000, order_cb,
+                                        (void *)0),
+                     0);
+    assert_true(RUN_UNTIL(loop, x.o.n == 1 && x.rcalls == 1, 5000));
+    assert_int_equal(x.o.st[0], -EIO);
+    assert_int_equal(x.rstatus, -EIO);
+    assert_int_equal(ax_stream_sendfile(s, f, 0, 10, NULL, NULL), -EIO);
+    close_and_wait(loop, s);
+    assert_true(RUN_UNTIL(loop, pr.eof || pr.err, 5000));
+    assert_int_equal(pr.got, 100);
+    assert_int_equal(pat_diff(21, fsize - 100, pr.keep, 100), -1);
+    run_for(loop, 20);
+    assert_int_equal(x.rcalls, 1);
+    peer_free(&pr);
+  }
+  close(f);
+  AX_FREE_LOOP(loop);
+}
+
+int main(void) {
+  sigpipe_dfl_at_start = sigpipe_is(SIG_DFL);
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_echo_one),
+      cmocka_unit_test(test_echo_many),
+      cmocka_unit_test(test_partial_writes),
+      cmocka_unit_test(test_zero_length_write),
+      cmocka_unit_test(test_never_reads),
+      cmocka_unit_test(test_reset),
+      cmocka_unit_test(test_sigpipe),
+      cmocka_unit_test_teardown(test_emfile, emfile_teardown),
+      cmocka_unit_test(test_half_close),
+      cmocka_unit_test(test_sendfile),
+  };
+  return AX_RUN_ON_BACKENDS(tests);
+}
