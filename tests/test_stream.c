@@ -1710,8 +1710,369 @@ static void test_sendfile(void **state) {
   AX_FREE_LOOP(loop);
 }
 
+/* ------------------------------------------------------------------------ */
+/* 8. splice                                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Set around API calls whose callbacks must not run inside them. */
+static bool in_api;
+/* Orders callbacks of different kinds within one test. */
+static int cb_seq;
+
+typedef struct spx {
+  ax_stream_t *from, *to;
+  int calls, status, seq;
+  uint64_t bytes;
+  bool inside, wrong, shut_to;
+} spx_t;
+
+static void spx_cb(ax_stream_t *from, ax_stream_t *to, int status, uint64_t bytes,
+                   void *ud) {
+  spx_t *x = ud;
+  x->calls++;
+  x->status = status;
+  x->bytes = bytes;
+  x->seq = ++cb_seq;
+  x->inside |= in_api;
+  x->wrong |= from != x->from || to != x->to;
+  if (x->shut_to && status == AX_EOF)
+    ax_stream_shutdown(to, NULL); /* the proxy passes the EOF on */
+}
+
+static int splice_start(spx_t *x, ax_stream_t *from, ax_stream_t *to) {
+  x->from = from;
+  x->to = to;
+  in_api = true;
+  int rc = ax_splice(from, to, spx_cb, x);
+  in_api = false;
+  return rc;
+}
+
+static size_t pipe_capacity(void) {
+  int p[2];
+  assert_int_equal(pipe2(p, O_CLOEXEC), 0);
+  int cap = fcntl(p[0], F_GETPIPE_SZ);
+  close2(p);
+  assert_true(cap > 0);
+  return (size_t)cap;
+}
+
+typedef struct spl_sample {
+  ax_stream_t *a, *b;
+  uint64_t total, max_inflight;
+  int partial;
+  bool over;
+} spl_sample_t;
+
+/* Bytes read from A and not yet written to B are in the pipe. */
+static void spl_sample(spl_sample_t *m, size_t cap) {
+  ax_stream_stats_t sa = sstats(m->a), sb = sstats(m->b);
+  uint64_t inflight = sa.bytes_read - sb.bytes_written;
+  if (sa.bytes_read < sb.bytes_written || inflight > cap)
+    m->over = true;
+  if (inflight > m->max_inflight)
+    m->max_inflight = inflight;
+  if (sb.bytes_written > 0 && sb.bytes_written < m->total)
+    m->partial++;
+}
+
+/* 8 MB from A's peer to B's slow peer through A → B. */
+static int child_splice_slow(void *arg) {
+  (void)arg;
+  ax_loop_t *loop = ax_test_loop();
+  const uint64_t total = scaled(8u << 20);
+  const size_t cap = pipe_capacity();
+  int a[2], b[2];
+  /* Small buffers around the streams, so that a slow B holds A back. */
+  tcp_pair_bufs(a, 16384, 16384); /* a[0]: A's peer (writes), a[1]: A */
+  tcp_pair_bufs(b, 16384, 16384); /* b[0]: B, b[1]: B's peer (reads) */
+  ax_stream_t *A = open_stream(loop, a[1], NULL), *B = open_stream(loop, b[0], NULL);
+  peer_t pa, pb;
+  peer_init(&pa, loop, a[0]);
+  peer_init(&pb, loop, b[1]);
+  pb.rseed = 61;
+  peer_write_start(&pa, 61, total, true);
+  peer_read_start(&pb, 64 * 1024, 1);
+  spx_t x = {0};
+  assert_int_equal(splice_start(&x, A, B), 0);
+  assert_int_equal(x.calls, 0);
+  spl_sample_t m = {.a = A, .b = B, .total = total};
+  assert_true(RUN_UNTIL(loop, (spl_sample(&m, cap), x.calls > 0) || pa.err || pb.err,
+                        30000));
+  assert_int_equal(pa.err, 0);
+  assert_int_equal(x.calls, 1);
+  assert_false(x.inside);
+  assert_false(x.wrong);
+  assert_int_equal(x.status, AX_EOF);
+  assert_int_equal(x.bytes, total);
+  assert_int_equal(sstats(A).bytes_read, total);
+  assert_int_equal(sstats(B).bytes_written, total);
+  printf("[  INFO    ] splice: at most %llu bytes in the pipe (capacity %zu), %d partial "
+         "samples, the writer blocked %llu times\n",
+         (unsigned long long)m.max_inflight, cap, m.partial,
+         (unsigned long long)pa.weagain);
+  assert_false(m.over); /* never more in the pipe than it holds */
+  assert_true(m.max_inflight > 0);
+  assert_true(m.partial >= 3);
+  assert_true(pa.weagain > 0); /* backpressure reached the writer */
+  /* The splice leaves B open: shut it so that its peer sees the end. */
+  assert_int_equal(ax_stream_shutdown(B, NULL), 0);
+  assert_true(RUN_UNTIL(loop, pb.eof || pb.err, 10000));
+  assert_int_equal(pb.got, total);
+  assert_false(pb.bad);
+  run_for(loop, 20);
+  assert_int_equal(x.calls, 1);
+  close_and_wait(loop, A);
+  close_and_wait(loop, B);
+  peer_free(&pa);
+  peer_free(&pb);
+  AX_FREE_LOOP(loop);
+  return 0;
+}
+
+/* A proxy: X ↔ A, B ↔ Y, one splice each way over the same two streams. */
+static int child_splice_proxy(void *arg) {
+  (void)arg;
+  ax_loop_t *loop = ax_test_loop();
+  const uint64_t total = scaled(2u << 20);
+  int xa[2], by[2];
+  tcp_pair(xa);
+  tcp_pair(by);
+  ax_stream_t *A = open_stream(loop, xa[0], NULL), *B = open_stream(loop, by[0], NULL);
+  peer_t X, Y;
+  peer_init(&X, loop, xa[1]);
+  peer_init(&Y, loop, by[1]);
+  X.rseed = 72;
+  Y.rseed = 71;
+  peer_read_start(&X, 0, 0);
+  peer_read_start(&Y, 48 * 1024, 1); /* one side slower */
+  peer_write_start(&X, 71, total, true);
+  peer_write_start(&Y, 72, total / 2, true);
+  spx_t ab = {.shut_to = true}, ba = {.shut_to = true};
+  assert_int_equal(splice_start(&ab, A, B), 0);
+  assert_int_equal(splice_start(&ba, B, A), 0);
+  assert_int_equal(splice_start(&ab, A, B), -EBUSY); /* one each way */
+  ab.from = A;
+  ab.to = B;
+  assert_true(RUN_UNTIL(loop, (ab.calls && ba.calls && X.eof && Y.eof) || X.err || Y.err,
+                        30000));
+  assert_int_equal(X.err, 0);
+  assert_int_equal(Y.err, 0);
+  assert_int_equal(ab.calls, 1);
+  assert_int_equal(ba.calls, 1);
+  assert_false(ab.wrong || ba.wrong || ab.inside || ba.inside);
+  assert_int_equal(ab.status, AX_EOF);
+  assert_int_equal(ba.status, AX_EOF);
+  assert_int_equal(ab.bytes, total);
+  assert_int_equal(ba.bytes, total / 2);
+  assert_int_equal(Y.got, total);
+  assert_int_equal(X.got, total / 2);
+  assert_false(X.bad || Y.bad);
+  close_and_wait(loop, A);
+  close_and_wait(loop, B);
+  peer_free(&X);
+  peer_free(&Y);
+  AX_FREE_LOOP(loop);
+  return 0;
+}
+
+typedef struct rd1 {
+  uint64_t seed, off, got;
+  int calls;
+  bool bad;
+} rd1_t;
+
+/* Checks data against pattern @seed from offset @off. */
+static void rd1_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
+  rd1_t *r = ud;
+  (void)s;
+  r->calls++;
+  if (status > 0) {
+    if (pat_diff(r->seed, r->off + r->got, ax_slice_ptr(*data), data->len) >= 0)
+      r->bad = true;
+    r->got += data->len;
+  }
+}
+
+/* ax_splice_stop, and closing either stream while a splice runs. */
+static int child_splice_stop(void *arg) {
+  (void)arg;
+  ax_loop_t *loop = ax_test_loop();
+  int a[2], b[2];
+  tcp_pair(a);
+  tcp_pair(b);
+  rd1_t r = {.seed = 81};
+  ax_stream_t *A = open_stream(loop, a[0], &r), *B = open_stream(loop, b[0], NULL);
+  peer_t pa, pb;
+  peer_init(&pa, loop, a[1]);
+  peer_init(&pb, loop, b[1]);
+  pb.rseed = 81;
+  peer_write_start(&pa, 81, 1ull << 40, false); /* never ends */
+  peer_read_start(&pb, 0, 0);
+  spx_t x = {0};
+  assert_int_equal(splice_start(&x, A, B), 0);
+  assert_true(RUN_UNTIL(loop, sstats(B).bytes_written > 100000, 5000));
+  assert_int_equal(ax_stream_read_start(A, rd1_read), -EBUSY);
+  assert_int_equal(ax_stream_write(B, "x", 1, NULL, NULL), -EBUSY);
+  in_api = true;
+  assert_int_equal(ax_splice_stop(A), 0);
+  in_api = false;
+  assert_int_equal(x.calls, 0); /* never inside the call */
+  assert_true(RUN_UNTIL(loop, x.calls > 0, 5000));
+  assert_int_equal(x.status, -ECANCELED);
+  assert_false(x.inside);
+  assert_int_equal(ax_splice_stop(A), -EALREADY);
+  run_for(loop, 30);
+  assert_int_equal(x.calls, 1);
+  assert_int_equal(x.bytes, sstats(B).bytes_written);
+  assert_true(RUN_UNTIL(loop, pb.got == x.bytes, 5000));
+  assert_false(pb.bad);
+  /* A reads again from where the splice stopped taking bytes (what was in
+   * the pipe is gone with it). */
+  r.off = sstats(A).bytes_read;
+  assert_int_equal(ax_stream_read_start(A, rd1_read), 0);
+  assert_true(RUN_UNTIL(loop, r.got > 100000, 5000));
+  assert_false(r.bad);
+  assert_int_equal(ax_stream_read_stop(A), 0);
+  close_and_wait(loop, A);
+  /* B is free again: plain writes work. */
+  assert_int_equal(ax_stream_write(B, "tail", 4, NULL, NULL), 0);
+  close_and_wait(loop, B);
+  peer_free(&pa);
+  peer_free(&pb);
+  AX_FREE_LOOP(loop);
+  return 0;
+}
+
+/* A close callback's place in cb_seq. */
+typedef struct seqbox {
+  int seq;
+} seqbox_t;
+
+static void box_close(ax_stream_t *s, void *ud) {
+  (void)s;
+  ((seqbox_t *)ud)->seq = ++cb_seq;
+}
+
+/* Close either end of a running splice: splice callback first. */
+static int child_splice_close(void *arg) {
+  (void)arg;
+  ax_loop_t *loop = ax_test_loop();
+  for (int which = 0; which < 2; which++) {
+    int a[2], b[2];
+    tcp_pair(a);
+    tcp_pair(b);
+    seqbox_t ca = {0}, cbx = {0};
+    ax_stream_t *A = open_stream(loop, a[0], &ca), *B = open_stream(loop, b[0], &cbx);
+    peer_t pa, pb;
+    peer_init(&pa, loop, a[1]);
+    peer_init(&pb, loop, b[1]);
+    peer_write_start(&pa, 91, 1ull << 40, false);
+    peer_read_start(&pb, 0, 0);
+    spx_t x = {0};
+    cb_seq = 0;
+    assert_int_equal(splice_start(&x, A, B), 0);
+    assert_true(RUN_UNTIL(loop, sstats(B).bytes_written > 100000, 5000));
+    ax_stream_t *victim = which == 0 ? A : B, *other = which == 0 ? B : A;
+    seqbox_t *vbox = which == 0 ? &ca : &cbx;
+    in_api = true;
+    assert_int_equal(ax_stream_close(victim, box_close), 0);
+    in_api = false;
+    assert_int_equal(x.calls, 0);
+    assert_int_equal(vbox->seq, 0);
+    assert_true(RUN_UNTIL(loop, x.calls > 0 && vbox->seq > 0, 5000));
+    assert_int_equal(x.calls, 1);
+    assert_int_equal(x.status, -ECANCELED);
+    assert_false(x.inside);
+    if (x.seq > vbox->seq)
+      fail_msg("closing %s: close callback (#%d) before the splice's (#%d)",
+               which == 0 ? "the source" : "the sink", vbox->seq, x.seq);
+    /* The other stream is usable again. */
+    if (which == 0)
+      assert_int_equal(ax_stream_write(other, "ok", 2, NULL, NULL), 0);
+    else
+      assert_int_equal(ax_stream_read_stop(other), 0);
+    close_and_wait(loop, other);
+    peer_free(&pa);
+    peer_free(&pb);
+  }
+  AX_FREE_LOOP(loop);
+  return 0;
+}
+
+/* Sources that end while the pipe is empty: a short transfer read and
+ * written in one go, and a source already at EOF. */
+static int child_splice_short(void *arg) {
+  (void)arg;
+  ax_loop_t *loop = ax_test_loop();
+  const uint64_t sizes[] = {64 * 1024, 1, 0};
+  for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+    int a[2], b[2];
+    tcp_pair(a);
+    tcp_pair(b);
+    ax_stream_t *A = open_stream(loop, a[0], NULL), *B = open_stream(loop, b[0], NULL);
+    peer_t pa, pb;
+    peer_init(&pa, loop, a[1]);
+    peer_init(&pb, loop, b[1]);
+    pb.rseed = 101;
+    peer_read_start(&pb, 0, 0);
+    peer_write_start(&pa, 101, sizes[i], true);
+    if (sizes[i] == 0)
+      peer_write(&pa); /* shut down at once */
+    run_for(loop, 10); /* everything is in A's socket before the splice */
+    spx_t x = {0};
+    assert_int_equal(splice_start(&x, A, B), 0);
+    assert_true(RUN_UNTIL(loop, x.calls > 0, 5000));
+    run_for(loop, 10);
+    assert_int_equal(x.calls, 1);
+    assert_false(x.inside);
+    assert_int_equal(x.status, AX_EOF);
+    assert_int_equal(x.bytes, sizes[i]);
+    assert_int_equal(ax_stream_shutdown(B, NULL), 0);
+    assert_true(RUN_UNTIL(loop, pb.eof, 5000));
+    assert_int_equal(pb.got, sizes[i]);
+    assert_false(pb.bad);
+    close_and_wait(loop, A);
+    close_and_wait(loop, B);
+    peer_free(&pa);
+    peer_free(&pb);
+  }
+  AX_FREE_LOOP(loop);
+  return 0;
+}
+
+/* Each case runs in a child: a memory error found there under ASan ends
+ * that child only, and the report names the case. */
+static void test_splice_slow(void **state) {
+  (void)state;
+  in_child(child_splice_slow, NULL, 60, "splice: 8 MB, slow reader");
+}
+
+static void test_splice_proxy(void **state) {
+  (void)state;
+  in_child(child_splice_proxy, NULL, 60, "splice: proxy both ways");
+}
+
+static void test_splice_stop(void **state) {
+  (void)state;
+  in_child(child_splice_stop, NULL, 30, "splice: stop, then read");
+}
+
+static void test_splice_close(void **state) {
+  (void)state;
+  in_child(child_splice_close, NULL, 30, "splice: close either end");
+}
+
+static void test_splice_short(void **state) {
+  (void)state;
+  in_child(child_splice_short, NULL, 30, "splice: a source that ends at once");
+}
+
 int main(void) {
   sigpipe_dfl_at_start = sigpipe_is(SIG_DFL);
+  /* AXON_TEST_FILTER=test_splice runs the matching tests only. */
+  if (getenv("AXON_TEST_FILTER"))
+    cmocka_set_test_filter(getenv("AXON_TEST_FILTER"));
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_echo_one),
       cmocka_unit_test(test_echo_many),
@@ -1723,6 +2084,11 @@ int main(void) {
       cmocka_unit_test_teardown(test_emfile, emfile_teardown),
       cmocka_unit_test(test_half_close),
       cmocka_unit_test(test_sendfile),
+      cmocka_unit_test(test_splice_slow),
+      cmocka_unit_test(test_splice_proxy),
+      cmocka_unit_test(test_splice_stop),
+      cmocka_unit_test(test_splice_close),
+      cmocka_unit_test(test_splice_short),
   };
   return AX_RUN_ON_BACKENDS(tests);
 }
