@@ -218,6 +218,95 @@ static bool nofile_at_least(rlim_t want) {
 
 /* ---- loop helpers ------------------------------------------------------- */
 
+/*
+ * Loops whose allocator counts live allocations: loop_free() asserts that
+ * ax_loop_free() gave back everything allocated through the loop's hooks
+ * (streams, requests, buffers, filter state...), so a leak fails the test
+ * in every build, not only under LeakSanitizer at exit. Counters are atomic:
+ * a loop may run on another thread.
+ */
+typedef struct acount {
+  atomic_long live;
+} acount_t;
+
+static void *ac_malloc(size_t n, void *ctx) {
+  void *p = malloc(n);
+  if (p)
+    atomic_fetch_add(&((acount_t *)ctx)->live, 1);
+  return p;
+}
+
+static void *ac_realloc(void *p, size_t n, void *ctx) {
+  void *q = realloc(p, n);
+  if (q && !p)
+    atomic_fetch_add(&((acount_t *)ctx)->live, 1);
+  return q;
+}
+
+static void ac_free(void *p, void *ctx) {
+  if (p)
+    atomic_fetch_sub(&((acount_t *)ctx)->live, 1);
+  free(p);
+}
+
+#define MAX_COUNTED 64
+static struct {
+  ax_loop_t *loop;
+  acount_t *ac;
+  ax_allocator_t al;
+} counted[MAX_COUNTED];
+
+/* A loop on @be (persistent if asked) with a counting allocator. */
+static ax_loop_t *loop_new_on(ax_backend_t be, bool persistent) {
+  int k = 0;
+  while (k < MAX_COUNTED && counted[k].loop != NULL)
+    k++;
+  ax_loop_options_t o;
+  ax_loop_options_init(&o);
+  o.backend = be;
+  o.persistent = persistent;
+  acount_t *ac = NULL;
+  if (k < MAX_COUNTED) { /* else (slots lost to failed tests): not counted */
+    ac = calloc(1, sizeof *ac);
+    assert_non_null(ac);
+    atomic_init(&ac->live, 0);
+    counted[k].al = (ax_allocator_t){ac_malloc, ac_realloc, ac_free, ac};
+    o.allocator = &counted[k].al;
+  }
+  ax_loop_t *loop = NULL;
+  int rc = ax_loop_new(&o, &loop);
+  if (rc != 0)
+    fail_msg("ax_loop_new: %s", ax_strerror(rc));
+  if (ac) {
+    counted[k].loop = loop;
+    counted[k].ac = ac;
+  }
+  return loop;
+}
+
+static ax_loop_t *loop_new(void) { return loop_new_on(ax_test_backend, false); }
+
+/* Free @loop; fail if allocations made through its hooks are still live. */
+static void loop_free(ax_loop_t *loop) {
+  acount_t *ac = NULL;
+  for (int k = 0; k < MAX_COUNTED; k++)
+    if (counted[k].loop == loop) {
+      ac = counted[k].ac;
+      counted[k].loop = NULL;
+      counted[k].ac = NULL;
+    }
+  assert_int_equal(ax_loop_free(loop), 0);
+  if (ac == NULL)
+    return;
+  long live = atomic_load(&ac->live);
+  free(ac);
+  if (live != 0)
+    fail_msg("%ld allocation(s) made through the loop's allocator still live "
+             "after ax_loop_free",
+             live);
+}
+
+
 static int64_t noop_tick(ax_source_t *t, void *data) {
   (void)t;
   (void)data;
@@ -694,7 +783,7 @@ out:
 
 static void test_echo_one(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   esrv_t e;
   assert_int_equal(esrv_start(&e, loop, NULL), 0);
   tcli_t c = {.to = e.addr, .seed = 11, .total = scaled(8u << 20)};
@@ -718,7 +807,7 @@ static void test_echo_one(void **state) {
   assert_int_equal(px_info(loop).streams, 0);
   ax_source_free(tk);
   esrv_stop(&e);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* An axon client on the server's loop. */
@@ -786,7 +875,7 @@ static void test_echo_many(void **state) {
     printf("[  SKIPPED ] echo_many: RLIMIT_NOFILE hard limit below %zu\n", 2 * n + 64);
     skip();
   }
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   esrv_t e;
   assert_int_equal(esrv_start(&e, loop, NULL), 0);
   ecli_t *c = calloc(n, sizeof *c);
@@ -818,7 +907,7 @@ static void test_echo_many(void **state) {
   assert_int_equal(px_info(loop).streams, 0);
   free(c);
   esrv_stop(&e);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -907,7 +996,7 @@ static void pw_drain(ax_stream_t *s, int status, void *ud) {
 
 static void test_partial_writes(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
   tcp_pair_bufs(sv, 4096, 4096);
   const size_t high = 64 * 1024;
@@ -947,7 +1036,7 @@ static void test_partial_writes(void **state) {
   close_and_wait(loop, w.s);
   peer_free(&p);
   free(w.cbs);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ---- an empty write behind queued bytes --------------------------------- */
@@ -971,7 +1060,7 @@ static void order_cb(ax_stream_t *s, int status, void *ud) {
  * behind bytes the kernel did not take must complete after them. */
 static void test_zero_length_write(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
   tcp_pair_bufs(sv, 4096, 4096);
   order_t o = {.n = 0};
@@ -996,7 +1085,7 @@ static void test_zero_length_write(void **state) {
   }
   close_and_wait(loop, s);
   peer_free(&p);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1051,7 +1140,7 @@ static void nr_wcb(ax_stream_t *s, int status, void *ud) {
 
 static void test_never_reads(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
   tcp_pair_bufs(sv, 4096, 4096);
   nr_t n = {.chunk = 16384, .high = 64 * 1024};
@@ -1109,7 +1198,7 @@ static void test_never_reads(void **state) {
   assert_int_equal(n.wcalls[0] + n.wcalls[1], 2);
   close_and_wait(loop, n.s);
   close(sv[1]);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1144,7 +1233,7 @@ static bool is_reset_error(int st) { return st == -ECONNRESET || st == -EPIPE; }
 
 static void test_reset(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
 
   /* An idle reading stream whose peer resets. */
@@ -1191,7 +1280,7 @@ static void test_reset(void **state) {
   }
   assert_int_equal(r.wstatus[3], r.rstatus); /* the last one was queued */
   close_and_wait(loop, s);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* In a child with SIGPIPE at its default (deadly) action: write to a socket
@@ -1239,7 +1328,7 @@ static void test_sigpipe(void **state) {
   /* Pipes: the library ignores SIGPIPE at the first stream it opens on a
    * non-socket (when nobody chose a disposition), so a write to a pipe
    * without a reader returns -EPIPE and the process lives. */
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int p[2];
   assert_int_equal(pipe2(p, O_CLOEXEC), 0);
   ax_stream_t *s = open_stream(loop, p[1], NULL);
@@ -1249,7 +1338,7 @@ static void test_sigpipe(void **state) {
   assert_int_equal(ax_stream_write(s, "x", 1, NULL, NULL), -EPIPE);
   assert_int_equal(ax_stream_write(s, "x", 1, NULL, NULL), -EPIPE); /* failed */
   close_and_wait(loop, s);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1504,7 +1593,7 @@ static void hc_shut(ax_stream_t *s, int status, void *ud) {
 
 static void test_half_close(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
   tcp_pair(sv);
   const size_t in = 100000, out = scaled(1u << 20);
@@ -1545,7 +1634,7 @@ static void test_half_close(void **state) {
   assert_int_equal(h.eofs, 1);
   close_and_wait(loop, s);
   peer_free(&p);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1656,7 +1745,7 @@ static void sf_interleaved(ax_loop_t *loop, int fd, int peer_fd, int f, size_t f
 
 static void test_sendfile(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   const size_t fsize = 512 * 1024;
   int f = temp_file(fsize, 21);
   int sv[2];
@@ -1721,7 +1810,7 @@ static void test_sendfile(void **state) {
     peer_free(&pr);
   }
   close(f);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1793,7 +1882,7 @@ static void spl_sample(spl_sample_t *m, size_t cap) {
 /* 8 MB from A's peer to B's slow peer through A → B. */
 static int child_splice_slow(void *arg) {
   (void)arg;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   const uint64_t total = scaled(8u << 20);
   const size_t cap = pipe_capacity();
   int a[2], b[2];
@@ -1840,14 +1929,14 @@ static int child_splice_slow(void *arg) {
   close_and_wait(loop, B);
   peer_free(&pa);
   peer_free(&pb);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
   return 0;
 }
 
 /* A proxy: X ↔ A, B ↔ Y, one splice each way over the same two streams. */
 static int child_splice_proxy(void *arg) {
   (void)arg;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   const uint64_t total = scaled(2u << 20);
   int xa[2], by[2];
   tcp_pair(xa);
@@ -1886,7 +1975,7 @@ static int child_splice_proxy(void *arg) {
   close_and_wait(loop, B);
   peer_free(&X);
   peer_free(&Y);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
   return 0;
 }
 
@@ -1911,7 +2000,7 @@ static void rd1_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
 /* ax_splice_stop, and closing either stream while a splice runs. */
 static int child_splice_stop(void *arg) {
   (void)arg;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int a[2], b[2];
   tcp_pair(a);
   tcp_pair(b);
@@ -1954,7 +2043,7 @@ static int child_splice_stop(void *arg) {
   close_and_wait(loop, B);
   peer_free(&pa);
   peer_free(&pb);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
   return 0;
 }
 
@@ -1971,7 +2060,7 @@ static void box_close(ax_stream_t *s, void *ud) {
 /* Close either end of a running splice: splice callback first. */
 static int child_splice_close(void *arg) {
   (void)arg;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   for (int which = 0; which < 2; which++) {
     int a[2], b[2];
     tcp_pair(a);
@@ -2010,7 +2099,7 @@ static int child_splice_close(void *arg) {
     peer_free(&pa);
     peer_free(&pb);
   }
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
   return 0;
 }
 
@@ -2018,7 +2107,7 @@ static int child_splice_close(void *arg) {
  * written in one go, and a source already at EOF. */
 static int child_splice_short(void *arg) {
   (void)arg;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   const uint64_t sizes[] = {64 * 1024, 1, 0};
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     int a[2], b[2];
@@ -2051,7 +2140,7 @@ static int child_splice_short(void *arg) {
     peer_free(&pa);
     peer_free(&pb);
   }
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
   return 0;
 }
 
@@ -2248,7 +2337,7 @@ static void send_all(int fd, const void *p, size_t n) {
 
 static void test_filter_line(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
 
   /* Lines split at arbitrary read boundaries (TCP_NODELAY, 1-9 bytes per
@@ -2372,7 +2461,7 @@ static void test_filter_line(void **state) {
   fr_free(&x);
   close_and_wait(loop, s);
   close(sv[1]);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 typedef struct wq {
@@ -2388,7 +2477,7 @@ static void wq_cb(ax_stream_t *s, int status, void *ud) {
 
 static void test_filter_lenprefix(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
 
   /* A round trip: every write one frame, zero-length frames included. */
@@ -2498,7 +2587,7 @@ static void test_filter_lenprefix(void **state) {
     close_and_wait(loop, R);
     close(sv[0]);
   }
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* Reads everything into a buffer. */
@@ -2533,7 +2622,7 @@ static void write_pieces(ax_stream_t *s, const char *p, size_t n, uint64_t *rng)
 
 static void test_filter_xor(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   static const char key[] = "k3y!?";
   const size_t klen = 5, n1 = 100000, n2 = 50000;
   char *d1 = malloc(n1), *d2 = malloc(n2);
@@ -2588,21 +2677,21 @@ static void test_filter_xor(void **state) {
   free(kb.buf);
   free(d1);
   free(d2);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /*
  * Empty writes through a write filter (xor passes an empty slice on, so
- * nothing reaches the queue). Case 0 runs here; cases 1-3 in children, as a
- * stream that loops on an empty request hangs its loop inside its own
- * callback:
+ * nothing reaches the queue). Each case in a child, as a stream that loops
+ * on an empty request hangs its loop inside its own callback:
+ *   0  with a callback, nothing queued ahead;
  *   1  no callback, nothing queued ahead; 30 ms later "z";
  *   2  with a callback behind queued bytes, then "z";
  *   3  with a callback behind queued bytes, the last request.
  */
 static int filter_empty_case(void *arg) {
   int c = (int)(intptr_t)arg;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
   tcp_pair_bufs(sv, 4096, 4096);
   order_t o = {.n = 0};
@@ -2648,20 +2737,20 @@ static int filter_empty_case(void *arg) {
     assert_int_equal(p.keep[0], 'z' ^ 'k');
   close_and_wait(loop, s);
   peer_free(&p);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
   return 0;
 }
 
 static void test_filter_empty_write(void **state) {
   (void)state;
-  static const char *what[] = {"", "no callback, nothing queued ahead",
+  static const char *what[] = {"with a callback, nothing queued ahead",
+                               "no callback, nothing queued ahead",
                                "behind queued bytes, then more",
                                "behind queued bytes, last in the queue"};
   char why[256], all[1024] = "";
-  filter_empty_case((void *)0);
-  for (int c = 1; c <= 3; c++) {
+  for (int c = 0; c <= 3; c++) {
     if (!child_run(filter_empty_case, (void *)(intptr_t)c, 2, why, sizeof why)) {
-      printf("[  CHILD   ] filtered empty write, case %d (%s): %s\n", c, what[c], why);
+      printf("\n[  CHILD   ] filtered empty write, case %d (%s): %s\n", c, what[c], why);
       snprintf(all + strlen(all), sizeof all - strlen(all), " %d", c);
     }
   }
@@ -2762,7 +2851,7 @@ static bool echo_at(ax_loop_t *loop, const ax_addr_t *addr, esrv_t *e) {
 
 static void test_connect(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   esrv_t e;
   cn_t c;
 
@@ -2854,7 +2943,7 @@ static void test_connect(void **state) {
     close(fill[i]);
   close(l);
   assert_int_equal(px_info(loop).streams, 0);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -2898,7 +2987,7 @@ static void cl_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
 
 static void test_close(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int sv[2];
 
   /* Writes queued: -ECANCELED each, once, before the close callback, and
@@ -2941,14 +3030,14 @@ static void test_close(void **state) {
   assert_false(c.inside);
   close(sv[1]);
   assert_int_equal(px_info(loop).streams, 0);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 
   /* ax_loop_free with streams open (idle and reading, with queued writes)
    * and one closed whose callback has not run yet: queued writes complete
    * with -ECANCELED and the pending close callback runs, from inside
    * ax_loop_free; every fd is closed. (Streams never closed had no close
    * callback to run.) */
-  loop = ax_test_loop();
+  loop = loop_new();
   int p1[2], p2[2], p3[2];
   sp_new(p1);
   tcp_pair_bufs(p2, 4096, 4096);
@@ -2963,7 +3052,7 @@ static void test_close(void **state) {
                      0);
   assert_true(ax_stream_write_queued(s2) > 0);
   assert_int_equal(ax_stream_close(s3, cl_close), 0);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
   for (int i = 0; i < 3; i++) {
     assert_int_equal(c2.wcalls[i], 1);
     assert_int_equal(c2.wstatus[i], -ECANCELED);
@@ -3075,10 +3164,10 @@ static void udp_roundtrip(ax_loop_t *loop, const char *host) {
 
 static void test_udp(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   udp_roundtrip(loop, "127.0.0.1");
   udp_roundtrip(loop, "::1");
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* The send queue: a datagram socket whose peer does not read refuses
@@ -3089,7 +3178,7 @@ static void test_udp(void **state) {
  * ax_udp_new accepts like any other family. */
 static void test_udp_queue(void **state) {
   (void)state;
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   char na[64], nb[64];
   snprintf(na, sizeof na, "@axon-test-udpq-a-%d-%d", (int)getpid(), (int)ax_test_backend);
   snprintf(nb, sizeof nb, "@axon-test-udpq-b-%d-%d", (int)getpid(), (int)ax_test_backend);
@@ -3126,7 +3215,7 @@ static void test_udp_queue(void **state) {
   assert_int_equal(sa.send_dropped, 0);
   ax_udp_close(u.a);
   ax_udp_close(u.b);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -3168,7 +3257,7 @@ static void test_idle_memory(void **state) {
     printf("[  SKIPPED ] idle: RLIMIT_NOFILE hard limit below %zu\n", 2 * n + 64);
     skip();
   }
-  ax_loop_t *loop = ax_test_loop();
+  ax_loop_t *loop = loop_new();
   int(*sv)[2] = calloc(n, sizeof *sv);
   ax_stream_t **s = calloc(n, sizeof *s);
   assert_non_null(sv);
@@ -3210,7 +3299,7 @@ static void test_idle_memory(void **state) {
     close(sv[i][1]);
   free(sv);
   free(s);
-  AX_FREE_LOOP(loop);
+  loop_free(loop);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -3279,7 +3368,7 @@ static void echo_via(ax_loop_t *loop, int fd, const char *msg) {
 
 static void test_detach(void **state) {
   (void)state;
-  ax_loop_t *a = ax_test_loop();
+  ax_loop_t *a = loop_new();
   int sv[2], fd = -1;
 
   /* Not idle: -EBUSY (queued bytes; a filter), and the stream goes on. */
@@ -3317,7 +3406,7 @@ static void test_detach(void **state) {
   assert_int_equal(px_info(a).streams, 0);
 
   /* To a loop on another thread, which keeps echoing. */
-  dt_t d = {.loop = ax_test_loop_opts(ax_test_backend, 0, 0, true), .fd = fd};
+  dt_t d = {.loop = loop_new_on(ax_test_backend, true), .fd = fd};
   atomic_init(&d.opened, 0);
   atomic_init(&d.closed, 0);
   pthread_t thr;
@@ -3341,10 +3430,33 @@ static void test_detach(void **state) {
   guard_stop();
   assert_true(opened);
   assert_true(atomic_load(&d.closed));
-  AX_FREE_LOOP(d.loop);
+  loop_free(d.loop);
   close(sv[1]);
-  AX_FREE_LOOP(a);
+  loop_free(a);
 }
+
+/* ---- timing: one line per test, between cmocka's RUN and OK lines ------ */
+
+static uint64_t t_started;
+
+static int t_start(void **state) {
+  (void)state;
+  t_started = mono_ms();
+  return 0;
+}
+
+static int t_end(void **state) {
+  (void)state;
+  printf("[  TIME    ] %llu ms\n", (unsigned long long)(mono_ms() - t_started));
+  return 0;
+}
+
+static int t_end_emfile(void **state) {
+  emfile_teardown(state);
+  return t_end(state);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, t_start, t_end)
 
 int main(void) {
   sigpipe_dfl_at_start = sigpipe_is(SIG_DFL);
@@ -3354,31 +3466,31 @@ int main(void) {
   if (getenv("AXON_TEST_FILTER"))
     cmocka_set_test_filter(getenv("AXON_TEST_FILTER"));
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_echo_one),
-      cmocka_unit_test(test_echo_many),
-      cmocka_unit_test(test_partial_writes),
-      cmocka_unit_test(test_zero_length_write),
-      cmocka_unit_test(test_never_reads),
-      cmocka_unit_test(test_reset),
-      cmocka_unit_test(test_sigpipe),
-      cmocka_unit_test_teardown(test_emfile, emfile_teardown),
-      cmocka_unit_test(test_half_close),
-      cmocka_unit_test(test_sendfile),
-      cmocka_unit_test(test_splice_slow),
-      cmocka_unit_test(test_splice_proxy),
-      cmocka_unit_test(test_splice_stop),
-      cmocka_unit_test(test_splice_close),
-      cmocka_unit_test(test_splice_short),
-      cmocka_unit_test(test_filter_line),
-      cmocka_unit_test(test_filter_lenprefix),
-      cmocka_unit_test(test_filter_xor),
-      cmocka_unit_test(test_filter_empty_write),
-      cmocka_unit_test(test_connect),
-      cmocka_unit_test(test_close),
-      cmocka_unit_test(test_udp),
-      cmocka_unit_test(test_udp_queue),
-      cmocka_unit_test(test_idle_memory),
-      cmocka_unit_test(test_detach),
+      T(test_echo_one),
+      T(test_echo_many),
+      T(test_partial_writes),
+      T(test_zero_length_write),
+      T(test_never_reads),
+      T(test_reset),
+      T(test_sigpipe),
+      cmocka_unit_test_setup_teardown(test_emfile, t_start, t_end_emfile),
+      T(test_half_close),
+      T(test_sendfile),
+      T(test_splice_slow),
+      T(test_splice_proxy),
+      T(test_splice_stop),
+      T(test_splice_close),
+      T(test_splice_short),
+      T(test_filter_line),
+      T(test_filter_lenprefix),
+      T(test_filter_xor),
+      T(test_filter_empty_write),
+      T(test_connect),
+      T(test_close),
+      T(test_udp),
+      T(test_udp_queue),
+      T(test_idle_memory),
+      T(test_detach),
   };
   return AX_RUN_ON_BACKENDS(tests);
 }
