@@ -193,6 +193,7 @@ int ax_connect(ax_loop_t *loop, const ax_addr_t *to, uint64_t timeout_ms,
   }
   /* Even a connection made at once (Unix sockets) completes through the
    * driver, so the callback never runs inside this call. */
+  ax_loop_update_time(loop); /* the timeout counts from now */
   if (ax__stream_ext(s) == NULL ||
       (timeout_ms && (r = timer_arm(s, timeout_ms)) < 0) ||
       (r = s->drv->connect_wait(s)) < 0) {
@@ -526,8 +527,28 @@ static int write_filtered(ax_stream_t *s, const ax_slice_t *v, int n,
   size_t before = ax_buflist_bytes(&s->wq);
   bool was_empty = s->wq_head == NULL;
   int r = 0;
-  for (int i = 0; i < n && r == 0; i++)
-    r = ax__chain_push(&s->ext->wchain, v[i]);
+  if (n > 1) {
+    /* One write is one call into the chain (one frame for lenprefix):
+     * several slices are joined first. */
+    ax_buflist_t tmp;
+    ax_slice_t one;
+    ax_buflist_init(&tmp, s->loop);
+    for (int i = 0; i < n && r == 0; i++)
+      r = ax_buflist_push(&tmp, v[i]);
+    if (r == 0 && ax_buflist_bytes(&tmp) > 0)
+      r = ax_buflist_take(&tmp, ax_buflist_bytes(&tmp), &one);
+    else
+      one = (ax_slice_t){0};
+    ax_buflist_clear(&tmp);
+    if (r < 0)
+      return r;
+    r = ax__chain_push(&s->ext->wchain, one);
+    ax_buf_unref(one.buf);
+  } else if (n == 1) {
+    r = ax__chain_push(&s->ext->wchain, v[0]);
+  } else {
+    r = ax__chain_push(&s->ext->wchain, (ax_slice_t){0});
+  }
   size_t added = ax_buflist_bytes(&s->wq) - before;
   if (r < 0) {
     /* What the chain emitted before the error is on the wire's way
@@ -537,15 +558,11 @@ static int write_filtered(ax_stream_t *s, const ax_slice_t *v, int n,
       ax__stream_fail(s, r);
     return r;
   }
+  if (added == 0 && was_empty) /* held by a filter, or empty */
+    return cb ? ax__px_complete(s->loop->px, s, cb, ud, 0) : 0;
   if ((r = req_add(s, AX__W_DATA, added, cb, ud)) < 0) {
     ax__stream_fail(s, r);
     return r;
-  }
-  if (added == 0 && s->wq_head == s->wq_tail && cb) {
-    /* Held by a filter, nothing to write: complete now (deferred). */
-    s->wq_head = s->wq_tail = NULL;
-    ax__px_complete(s->loop->px, s, cb, ud, 0);
-    return 0;
   }
   queue_kick(s, was_empty);
   return 0;
@@ -578,11 +595,10 @@ int ax_stream_write(ax_stream_t *s, const void *p, size_t len, ax_write_cb cb,
     if ((w = write_now(s, &iov, 1)) < 0)
       return (int)w;
   }
-  if ((size_t)w == len) {
-    if (cb)
-      return ax__px_complete(s->loop->px, s, cb, ud, 0);
-    return 0;
-  }
+  if ((size_t)w == len && (len > 0 || was_empty))
+    return cb ? ax__px_complete(s->loop->px, s, cb, ud, 0) : 0;
+  if (len == 0) /* behind queued bytes: completes in its turn */
+    return cb ? req_add(s, AX__W_DATA, 0, cb, ud) : 0;
   if ((r = ax_buflist_push_copy(&s->wq, (const char *)p + w,
                                 len - (size_t)w)) < 0)
     goto partial;
@@ -630,11 +646,10 @@ int ax_stream_write_slices(ax_stream_t *s, const ax_slice_t *v, int n,
     if ((w = write_now(s, iov, k)) < 0)
       return (int)w;
   }
-  if ((size_t)w == total) {
-    if (cb)
-      return ax__px_complete(s->loop->px, s, cb, ud, 0);
-    return 0;
-  }
+  if ((size_t)w == total && (total > 0 || was_empty))
+    return cb ? ax__px_complete(s->loop->px, s, cb, ud, 0) : 0;
+  if (total == 0) /* behind queued bytes: completes in its turn */
+    return cb ? req_add(s, AX__W_DATA, 0, cb, ud) : 0;
   /* Queue what is left: the slices after the bytes written, shared. */
   skip = (size_t)w;
   size_t before = ax_buflist_bytes(&s->wq);
@@ -685,6 +700,21 @@ int ax_stream_sendfile(ax_stream_t *s, int file_fd, off_t offset, size_t len,
   return 0;
 }
 
+/* Requests of no bytes (an empty write behind others) complete when they
+ * reach the head: drivers never see one there. */
+static void pop_empty(ax_stream_t *s) {
+  struct ax__px *px = s->loop->px;
+  struct ax__wreq *r;
+  while ((r = s->wq_head) != NULL && r->kind == AX__W_DATA && r->left == 0) {
+    s->wq_head = r->next;
+    if (s->wq_head == NULL)
+      s->wq_tail = NULL;
+    if (r->cb)
+      ax__px_complete(px, s, r->cb, r->ud, 0);
+    ax__wreq_free(px, r);
+  }
+}
+
 void ax__stream_on_written(ax_stream_t *s, uint64_t n) {
   struct ax__px *px = s->loop->px;
   uint64_t total = n;
@@ -708,6 +738,7 @@ void ax__stream_on_written(ax_stream_t *s, uint64_t n) {
       ax__wreq_free(px, r);
     }
   }
+  pop_empty(s);
   s->queued -= total;
   s->bytes_written += total;
   if (s->wq_head == NULL && ax_buflist_count(&s->wq) == 0)
@@ -731,6 +762,7 @@ void ax__stream_on_shutdown(ax_stream_t *s, int status) {
   if (r->cb)
     ax__px_complete(px, s, r->cb, r->ud, status);
   ax__wreq_free(px, r);
+  pop_empty(s);
   deadline_update(s);
   /* -ENOTCONN: the peer is gone already; -ENOTSUP: a pipe. Neither
    * breaks the stream; other errors do. */

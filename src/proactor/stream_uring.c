@@ -8,8 +8,8 @@
  *   A completion names the buffer; its bytes are wrapped as an ax_buf_t
  *   and the buffer goes back into the ring when its last slice is
  *   released. An idle stream holds no buffer: the kernel picks one only
- *   when data is there (IORING_RECVSEND_POLL_FIRST: no attempt, so no
- *   buffer, at arm time).
+ *   when data is there (an attempt at arm time that finds nothing takes
+ *   none; POLL_FIRST is not used: see recv_start).
  * - With incremental consumption (6.12, IOU_PBUF_RING_INC) a recv takes
  *   only the bytes it needs from the buffer at the ring's head, so 64-byte
  *   messages on a thousand connections share a few buffers instead of
@@ -428,7 +428,10 @@ static int recv_start(ax_stream_t *s) {
   io_uring_prep_recv_multishot(sqe, s->fd, NULL, 0, 0);
   sqe->flags |= IOSQE_BUFFER_SELECT;
   sqe->buf_group = BGID;
-  sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+  /* No IORING_RECVSEND_POLL_FIRST: with it, on 6.18, a multishot recv
+   * armed on a socket whose data and EOF both arrived already delivers the
+   * data and never the EOF (tests/test_stream.c, test_filter_lenprefix:
+   * a hang). A buffer is only taken when data is there either way. */
   live_set(s, R_LIVE);
   return 0;
 }
