@@ -102,7 +102,7 @@ $(BUILD)/tools/%: tools/%.c $(STATIC) $(FLAGS_STAMP)
 
 # Tests may include library sources or internal headers (-Isrc) to reach
 # internals; they link the static library.
-$(BUILD)/tests/%: tests/%.c tests/testutil.h $(STATIC) $(FLAGS_STAMP)
+$(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(STATIC) $(FLAGS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Isrc -DAX_BUILD_DIR='"$(BUILD)"' -DAX_SAN='"$(SAN)"' \
 	  $< -o $@ $(ALL_LDFLAGS) $(STATIC) $(LIBS) -lcmocka
