@@ -11,5 +11,6 @@
 #include <axon/loop.h>
 #include <axon/buf.h>
 #include <axon/proactor.h>
+#include <axon/actor.h>
 
 #endif /* AXON_AXON_H */
