@@ -137,10 +137,6 @@ struct ax_mailbox {
   _Alignas(LINE) ax_mbnode_t *vec[TAKE_VEC];
 };
 
-static inline ax_mbnode_t *as_node(uint64_t v) {
-  return (ax_mbnode_t *)(uintptr_t)v;
-}
-
 void ax_mailbox_options_init(ax_mailbox_options_t *opts) {
   if (opts)
     memset(opts, 0, sizeof *opts);
