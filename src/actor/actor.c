@@ -28,7 +28,10 @@ struct ax__slot *ax__slot_get(struct ax__worker *w, uint32_t idx) {
   if (c >= AX__CHUNKS)
     return NULL;
   struct ax__slot *chunk = ck_pr_load_ptr(&w->chunks[c]);
-  return chunk ? &chunk[idx & (AX__CHUNK_SLOTS - 1)] : NULL;
+  if (!chunk)
+    return NULL;
+  AX__TSAN_ACQUIRE(chunk); /* pairs with the release in slot_make() */
+  return &chunk[idx & (AX__CHUNK_SLOTS - 1)];
 }
 
 /* Make sure the chunk holding @idx exists (any thread). A loser of the
@@ -44,12 +47,14 @@ static struct ax__slot *slot_make(struct ax__worker *w, uint32_t idx) {
       return NULL;
     /* The zeroed chunk must be visible before its pointer. */
     ck_pr_fence_store();
+    AX__TSAN_RELEASE(fresh); /* ck's CAS is invisible to TSan */
     if (ck_pr_cas_ptr_value(&w->chunks[c], NULL, fresh, &chunk)) {
       chunk = fresh;
     } else {
       free(fresh);
     }
   }
+  AX__TSAN_ACQUIRE(chunk);
   return &chunk[idx & (AX__CHUNK_SLOTS - 1)];
 }
 
@@ -256,7 +261,9 @@ void ax_trap_exit(ax_actor_t *self, bool on) {
 /* ---- run queue ------------------------------------------------------------ */
 
 void ax__sched_push(struct ax__worker *w, ax_actor_t *a) {
-  if (a->flags & AX__AF_QUEUED)
+  /* A stopping worker runs nothing: its actors are being ended one by one
+   * and must not be left in a queue that outlives them. */
+  if ((a->flags & AX__AF_QUEUED) || w->stopping)
     return;
   a->flags |= AX__AF_QUEUED;
   a->rq_next = NULL;

@@ -171,7 +171,7 @@ struct ax__worker {
   unsigned idx;
   ax_loop_t *loop;
   pthread_t thr;
-  bool started, stopping, stopped;
+  bool started, stopping;
   ax_source_t *sched; /* defer: runs the run queue */
   ax_source_t *sig_int, *sig_term;
   ax_actor_t *rq_head, *rq_tail;

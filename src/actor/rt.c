@@ -94,7 +94,6 @@ static void *worker_main(void *arg) {
    * exits closed: a few rounds are enough (each is non-blocking). */
   for (int i = 0; i < 8; i++)
     (void)ax_loop_run(w->loop, AX_RUN_NOWAIT);
-  ck_pr_store_8((uint8_t *)&w->stopped, 1);
   ax__tls_worker = NULL;
   return NULL;
 }
