@@ -785,6 +785,23 @@ static void test_hello(void **state) {
   child_expect_exit0(c, 5000);
 }
 
+/* The README's actor example: six hits alternating between the workers,
+ * then the runtime stops itself and the process exits 0. */
+static void test_hello_actor(void **state) {
+  (void)state;
+  char env[64];
+  snprintf(env, sizeof env, "AXON_BACKEND=%s", backend_name());
+  char *argv[] = {EXAMPLE("hello_actor"), NULL};
+  struct child *c = spawn(argv, "/dev/null", env, 0);
+  child_read_all(c, 5000);
+  const char want[] = "ping hits 1 on worker 0\npong hits 2 on worker 1\n"
+                      "ping hits 3 on worker 0\npong hits 4 on worker 1\n"
+                      "ping hits 5 on worker 0\npong hits 6 on worker 1\n";
+  if (c->len != sizeof want - 1 || memcmp(c->acc, want, sizeof want - 1) != 0)
+    fail_msg("hello_actor printed \"%.*s\"", (int)c->len, c->acc);
+  child_expect_exit0(c, 5000);
+}
+
 /* ------------------------------------------------------------------------ */
 /* stdin                                                                     */
 /* ------------------------------------------------------------------------ */
@@ -1010,6 +1027,7 @@ int main(void) {
       cmocka_unit_test_teardown(test_threads_sigint, cleanup),
       cmocka_unit_test_teardown(test_timers, cleanup),
       cmocka_unit_test_teardown(test_hello, cleanup),
+      cmocka_unit_test_teardown(test_hello_actor, cleanup),
       cmocka_unit_test_teardown(test_stdin_pipe, cleanup),
       cmocka_unit_test_teardown(test_stdin_long_line, cleanup),
       cmocka_unit_test_teardown(test_stdin_file, cleanup),
