@@ -357,6 +357,7 @@ void ax__worker_sched(ax_source_t *src, void *data) {
     else
       a->flags &= ~AX__AF_QUEUED;
   }
+  ax__flush(w); /* one push per destination worker for the whole run */
   w->in_sched = false;
   AX__STAT_ADD(w, turns, turns);
   AX__STAT_ADD(w, messages, msgs);

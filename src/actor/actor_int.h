@@ -96,6 +96,7 @@ struct ax__shared {
 
 struct ax__msg {
   ax_post_t post;   /* node.next: the local queue link; fn: remote arrival */
+  struct ax__msg *bnext; /* the rest of a cross-worker batch (head only) */
   ax_aid_t to;
   ax_msg_t m;       /* the public part */
   uint8_t kind;
@@ -185,6 +186,14 @@ struct ax__worker {
   uint32_t *free_slots;
   uint32_t nfree, capfree;
 
+  /* Cross-worker messages sent from here, per destination worker, pushed
+   * as one batch (one mailbox push) at the end of the scheduler's run or
+   * of the current loop phase (owner only). */
+  struct ax__outbox *out;
+  uint32_t *dirty; /* destinations with a non-empty outbox */
+  uint32_t ndirty;
+  ax_source_t *flush; /* defer: flushes sends made outside the scheduler */
+
   /* Message nodes freed here, reused by sends from here (owner only). */
   struct ax__msg *mcache;
   unsigned mcache_n;
@@ -197,6 +206,10 @@ struct ax__worker {
 
   /* Counters: written by the owner with ck_pr stores, read by anyone. */
   ax_worker_stats_t st;
+};
+
+struct ax__outbox {
+  struct ax__msg *head, *tail;
 };
 
 struct ax__pool; /* offload */
@@ -252,6 +265,9 @@ struct ax__msg *ax__msg_new(struct ax__worker *w);
 void ax__msg_free(struct ax__worker *w, struct ax__msg *m);
 void ax__msg_dead(struct ax__worker *w, struct ax__msg *m);
 int ax__post(ax_rt_t *rt, struct ax__worker *from, struct ax__msg *m);
+void ax__flush(struct ax__worker *w);
+void ax__flush_one(struct ax__worker *w, unsigned dst);
+void ax__flush_cb(ax_source_t *src, void *data);
 void ax__deliver(struct ax__worker *w, struct ax__msg *m);
 int ax__send_ctl(ax_rt_t *rt, struct ax__worker *from, ax_aid_t to,
                  ax_aid_t src, int kind, const void *p, size_t len);

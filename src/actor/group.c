@@ -210,6 +210,8 @@ int ax_group_send(ax_group_t *g, ax_actor_t *self, bool skip_self,
         if (!(skip_self && to[k] == from))
           reached += deliver_shared(w, to[k], from, tag, sh);
     } else if (w && !rt->closed) {
+      if (here) /* what self sent there before goes first (pair order) */
+        ax__flush_one(here, wi);
       struct gpost *gp = malloc(sizeof *gp + (j - i) * sizeof gp->to[0]);
       if (gp) {
         gp->post.fn = gpost_arrive;

@@ -57,6 +57,7 @@ static void worker_stop(ax_post_t *p) {
       ax__actor_exit_now(s->a);
     }
   }
+  ax__flush(w); /* the exits' notices to other workers */
   ax_loop_stop(w->loop);
 }
 
@@ -94,6 +95,7 @@ static void *worker_main(void *arg) {
    * exits closed: a few rounds are enough (each is non-blocking). */
   for (int i = 0; i < 8; i++)
     (void)ax_loop_run(w->loop, AX_RUN_NOWAIT);
+  ax__flush(w);
   ax__tls_worker = NULL;
   return NULL;
 }
@@ -110,9 +112,13 @@ static int worker_new(ax_rt_t *rt, unsigned idx, struct ax__worker **out) {
   lo.backend = rt->opts.backend;
   lo.persistent = true;
   lo.spin_ns = rt->opts.spin_ns;
-  int rc = ax_loop_new(&lo, &w->loop);
+  w->out = calloc(rt->nworkers, sizeof *w->out);
+  w->dirty = calloc(rt->nworkers, sizeof *w->dirty);
+  int rc = w->out && w->dirty ? ax_loop_new(&lo, &w->loop) : -ENOMEM;
   if (rc == 0)
     rc = ax_defer_new(w->loop, ax__worker_sched, w, &w->sched);
+  if (rc == 0)
+    rc = ax_defer_new(w->loop, ax__flush_cb, w, &w->flush);
   if (rc == 0 && rt->opts.stop_on_signals && idx == 0) {
     rc = ax_signal_new(w->loop, on_signal, rt, &w->sig_int);
     if (rc == 0)
@@ -125,6 +131,8 @@ static int worker_new(ax_rt_t *rt, unsigned idx, struct ax__worker **out) {
   if (rc) {
     if (w->loop)
       ax_loop_free(w->loop);
+    free(w->out);
+    free(w->dirty);
     free(w);
     return rc;
   }
@@ -136,7 +144,10 @@ static void worker_free(struct ax__worker *w) {
   /* Deliveries still queued run now, on this thread, as this worker. */
   ax__tls_worker = w;
   ax_loop_free(w->loop);
+  ax__flush(w); /* the runtime is closed: whatever is left is dropped */
   ax__tls_worker = NULL;
+  free(w->out);
+  free(w->dirty);
   for (unsigned c = 0; c < AX__CHUNKS && w->chunks[c]; c++)
     free(w->chunks[c]);
   while (w->mcache) {

@@ -127,23 +127,86 @@ void ax__msg_dead(struct ax__worker *w, struct ax__msg *m) {
 
 /* ---- paths -------------------------------------------------------------- */
 
+/* A batch from another worker (or a lone message from any other thread)
+ * arrives: deliver its messages in the order they were sent. */
 static void remote_arrive(ax_post_t *p) {
   struct ax__msg *m = ax__container_of(p, struct ax__msg, post);
   struct ax__worker *w = ax__tls_worker;
-  AX__STAT_ADD(w, remote_in, 1);
-  ax__deliver(w, m);
+  uint64_t n = 0;
+  while (m) {
+    struct ax__msg *next = m->bnext;
+    n++;
+    ax__deliver(w, m);
+    m = next;
+  }
+  AX__STAT_ADD(w, remote_in, n);
+}
+
+/* Push the batch @head..: one mailbox push, as control (its messages were
+ * accepted when sent; a batch is never refused). On failure (the runtime is
+ * being freed) they are dropped. */
+static void batch_push(ax_rt_t *rt, struct ax__worker *here, unsigned dst,
+                       struct ax__msg *head) {
+  head->post.fn = remote_arrive;
+  if (!rt->closed &&
+      ax_mailbox_push(rt->w[dst]->loop->mb, &head->post.node, AX_MB_CONTROL) == 0)
+    return;
+  while (head) {
+    struct ax__msg *next = head->bnext;
+    carried_close(head);
+    ax__msg_free(here, head);
+    head = next;
+  }
+}
+
+void ax__flush_one(struct ax__worker *w, unsigned dst) {
+  struct ax__outbox *o = &w->out[dst];
+  struct ax__msg *head = o->head;
+  if (!head)
+    return;
+  o->head = o->tail = NULL;
+  batch_push(w->rt, w, dst, head);
+}
+
+void ax__flush(struct ax__worker *w) {
+  for (uint32_t i = 0; i < w->ndirty; i++)
+    ax__flush_one(w, w->dirty[i]);
+  w->ndirty = 0;
+}
+
+void ax__flush_cb(ax_source_t *src, void *data) {
+  (void)src;
+  ax__flush(data);
 }
 
 /*
- * Post @m to its destination worker's loop. Control messages are pushed as
- * mailbox control (never refused for capacity). On error nothing was
- * queued and @m is still the caller's.
+ * Send @m to its destination worker. From a worker thread it joins that
+ * worker's outbox for the destination (flushed as one batch when the
+ * scheduler's run or the current loop phase ends: one push, one wake at
+ * most, per destination); from any other thread it is pushed alone.
+ * Control messages are never refused; user messages from other threads may
+ * be (-EAGAIN: the destination loop's mailbox is full). On error nothing
+ * was queued and @m is still the caller's.
  */
 int ax__post(ax_rt_t *rt, struct ax__worker *here, struct ax__msg *m) {
-  (void)here;
   if (rt->closed)
     return -ESHUTDOWN;
-  struct ax__worker *w = rt->w[ax__aid_worker(m->to)];
+  unsigned dst = ax__aid_worker(m->to);
+  m->bnext = NULL;
+  if (here) {
+    struct ax__outbox *o = &here->out[dst];
+    if (o->tail) {
+      o->tail->bnext = m;
+    } else {
+      o->head = m;
+      here->dirty[here->ndirty++] = dst;
+      if (!here->in_sched)
+        ax_defer_start(here->flush);
+    }
+    o->tail = m;
+    return 0;
+  }
+  struct ax__worker *w = rt->w[dst];
   m->post.fn = remote_arrive;
   if (m->flags & AX__MF_CONTROL)
     return ax_mailbox_push(w->loop->mb, &m->post.node, AX_MB_CONTROL);
