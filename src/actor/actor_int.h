@@ -101,7 +101,7 @@ struct ax__msg {
   ax_msg_t m;       /* the public part */
   uint8_t kind;
   uint8_t flags;
-  uint16_t spare;
+  uint16_t origin; /* 1 + the worker whose cache it belongs to; 0: none */
   uint32_t aux;
   union {
     unsigned char inl[AX_MSG_INLINE];
@@ -197,6 +197,11 @@ struct ax__worker {
   /* Message nodes freed here, reused by sends from here (owner only). */
   struct ax__msg *mcache;
   unsigned mcache_n;
+  struct ax__slab_hdr *slabs;
+  /* Nodes of other workers freed here, going home in batches (a node
+   * malloc'ed on one thread and freed on another costs both heaps dearly;
+   * circulating them costs one mailbox push per AX__RET_BATCH). */
+  struct ax__outbox *ret;
 
   ax_post_t stop_post;
   unsigned stop_posted; /* ck_pr */
@@ -210,7 +215,9 @@ struct ax__worker {
 
 struct ax__outbox {
   struct ax__msg *head, *tail;
+  uint32_t n;
 };
+#define AX__RET_BATCH 256
 
 struct ax__pool; /* offload */
 
@@ -263,6 +270,7 @@ bool ax__aid_remove(ax_aid_t *v, uint32_t *n, ax_aid_t id);
 /* send.c */
 struct ax__msg *ax__msg_new(struct ax__worker *w);
 void ax__msg_free(struct ax__worker *w, struct ax__msg *m);
+void ax__slabs_free(struct ax__worker *w);
 void ax__msg_dead(struct ax__worker *w, struct ax__msg *m);
 int ax__post(ax_rt_t *rt, struct ax__worker *from, struct ax__msg *m);
 void ax__flush(struct ax__worker *w);

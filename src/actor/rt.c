@@ -114,7 +114,8 @@ static int worker_new(ax_rt_t *rt, unsigned idx, struct ax__worker **out) {
   lo.spin_ns = rt->opts.spin_ns;
   w->out = calloc(rt->nworkers, sizeof *w->out);
   w->dirty = calloc(rt->nworkers, sizeof *w->dirty);
-  int rc = w->out && w->dirty ? ax_loop_new(&lo, &w->loop) : -ENOMEM;
+  w->ret = calloc(rt->nworkers, sizeof *w->ret);
+  int rc = w->out && w->dirty && w->ret ? ax_loop_new(&lo, &w->loop) : -ENOMEM;
   if (rc == 0)
     rc = ax_defer_new(w->loop, ax__worker_sched, w, &w->sched);
   if (rc == 0)
@@ -133,6 +134,7 @@ static int worker_new(ax_rt_t *rt, unsigned idx, struct ax__worker **out) {
       ax_loop_free(w->loop);
     free(w->out);
     free(w->dirty);
+    free(w->ret);
     free(w);
     return rc;
   }
@@ -140,23 +142,34 @@ static int worker_new(ax_rt_t *rt, unsigned idx, struct ax__worker **out) {
   return 0;
 }
 
-static void worker_free(struct ax__worker *w) {
-  /* Deliveries still queued run now, on this thread, as this worker. */
-  ax__tls_worker = w;
-  ax_loop_free(w->loop);
-  ax__flush(w); /* the runtime is closed: whatever is left is dropped */
-  ax__tls_worker = NULL;
-  free(w->out);
-  free(w->dirty);
-  for (unsigned c = 0; c < AX__CHUNKS && w->chunks[c]; c++)
-    free(w->chunks[c]);
-  while (w->mcache) {
-    struct ax__msg *m = w->mcache;
-    w->mcache = (struct ax__msg *)m->post.node.next;
-    free(m);
+/*
+ * Free the workers in two passes: first every loop (the deliveries still
+ * queued run on this thread, as their worker, and may look at any worker's
+ * slots and nodes), then the memory.
+ */
+static void workers_free(ax_rt_t *rt) {
+  for (unsigned i = 0; i < rt->nworkers; i++) {
+    struct ax__worker *w = rt->w[i];
+    if (!w)
+      continue;
+    ax__tls_worker = w;
+    ax_loop_free(w->loop);
+    ax__flush(w); /* the runtime is closed: whatever is left is dropped */
+    ax__tls_worker = NULL;
   }
-  free(w->free_slots);
-  free(w);
+  for (unsigned i = 0; i < rt->nworkers; i++) {
+    struct ax__worker *w = rt->w[i];
+    if (!w)
+      continue;
+    free(w->out);
+    free(w->dirty);
+    free(w->ret); /* slab nodes: they go with the slabs */
+    for (unsigned c = 0; c < AX__CHUNKS && w->chunks[c]; c++)
+      free(w->chunks[c]);
+    ax__slabs_free(w);
+    free(w->free_slots);
+    free(w);
+  }
 }
 
 int ax_rt_new(const ax_rt_options_t *opts, ax_rt_t **out) {
@@ -228,9 +241,7 @@ void ax_rt_free(ax_rt_t *rt) {
   ax_rt_stop(rt);
   (void)ax_rt_join(rt);
   rt->closed = true;
-  for (unsigned i = 0; i < rt->nworkers; i++)
-    if (rt->w[i])
-      worker_free(rt->w[i]);
+  workers_free(rt);
   ax__acceptors_free(rt);
   pthread_mutex_destroy(&rt->lock);
   free(rt);

@@ -18,17 +18,63 @@
 
 #include <ck_pr.h>
 
-#define MCACHE_MAX 4096
 
 /* ---- nodes ---------------------------------------------------------------- */
+
+/*
+ * Nodes of a worker come from its own slabs of SLAB_NODES and stay its own:
+ * freed on another worker they travel home in batches (node_free), so no
+ * node is malloc'ed on one thread and freed on another, and the heap never
+ * grows and shrinks with the traffic. Slabs go with the runtime; a worker
+ * holds as many nodes as it ever had in flight at once. Other threads
+ * malloc their nodes (origin 0) and whoever frees them frees them.
+ */
+#define SLAB_NODES 256
+
+struct ax__slab_hdr {
+  struct ax__slab_hdr *next;
+  _Alignas(16) unsigned char nodes[];
+};
+
+static bool slab_grow(struct ax__worker *w) {
+  struct ax__slab_hdr *h =
+      malloc(sizeof *h + SLAB_NODES * sizeof(struct ax__msg));
+  if (!h)
+    return false;
+  h->next = w->slabs;
+  w->slabs = h;
+  struct ax__msg *v = (struct ax__msg *)h->nodes;
+  for (unsigned i = 0; i < SLAB_NODES; i++) {
+    v[i].origin = (uint16_t)(w->idx + 1);
+    v[i].post.node.next = (ax_mbnode_t *)w->mcache;
+    w->mcache = &v[i];
+  }
+  w->mcache_n += SLAB_NODES;
+  return true;
+}
+
+void ax__slabs_free(struct ax__worker *w) {
+  while (w->slabs) {
+    struct ax__slab_hdr *h = w->slabs;
+    w->slabs = h->next;
+    free(h);
+  }
+  w->mcache = NULL;
+  w->mcache_n = 0;
+}
 
 /* A node for a send made on @here's thread (NULL: not a worker). */
 struct ax__msg *ax__msg_new(struct ax__worker *here) {
   struct ax__msg *m;
-  if (here && (m = here->mcache)) {
+  if (here) {
+    if (!here->mcache && !slab_grow(here))
+      return NULL;
+    m = here->mcache;
     here->mcache = (struct ax__msg *)m->post.node.next;
     here->mcache_n--;
-  } else if (!(m = malloc(sizeof *m))) {
+  } else if ((m = malloc(sizeof *m)) != NULL) {
+    m->origin = 0;
+  } else {
     return NULL;
   }
   m->m.from = AX_AID_NONE;
@@ -58,15 +104,50 @@ static void payload_free(struct ax__msg *m) {
   m->flags &= ~(AX__MF_EXT | AX__MF_SHARED);
 }
 
-/* Give the node back: to the cache of the calling thread's worker @here. */
-static void node_free(struct ax__worker *here, struct ax__msg *m) {
-  if (here && here->mcache_n < MCACHE_MAX) {
-    m->post.node.next = (ax_mbnode_t *)here->mcache;
-    here->mcache = m;
-    here->mcache_n++;
-  } else {
-    free(m);
+static void cache_put(struct ax__worker *w, struct ax__msg *m) {
+  m->post.node.next = (ax_mbnode_t *)w->mcache;
+  w->mcache = m;
+  w->mcache_n++;
+}
+
+/* Nodes coming home (on their owner's thread). */
+static void nodes_home(ax_post_t *p) {
+  struct ax__msg *m = ax__container_of(p, struct ax__msg, post);
+  struct ax__worker *w = ax__tls_worker;
+  while (m) {
+    struct ax__msg *next = m->bnext;
+    cache_put(w, m);
+    m = next;
   }
+}
+
+/* Give the node back, from the thread of worker @here (NULL: another
+ * thread): to @here's cache if it is @here's, else towards its home. */
+static void node_free(struct ax__worker *here, struct ax__msg *m) {
+  unsigned home = m->origin;
+  if (home == 0) {
+    free(m);
+    return;
+  }
+  if (!here || here->rt->closed)
+    return; /* a slab node: the runtime frees its slabs */
+  if (home == here->idx + 1) {
+    cache_put(here, m);
+    return;
+  }
+  struct ax__outbox *r = &here->ret[home - 1];
+  m->bnext = r->head;
+  r->head = m;
+  if (++r->n < AX__RET_BATCH)
+    return;
+  struct ax__msg *head = r->head;
+  r->head = NULL;
+  r->n = 0;
+  head->post.fn = nodes_home;
+  /* Cannot fail while the runtime is open (control, and the loops live
+   * until ax_rt_free closes it). */
+  (void)ax_mailbox_push(here->rt->w[home - 1]->loop->mb, &head->post.node,
+                        AX_MB_CONTROL);
 }
 
 void ax__msg_free(struct ax__worker *here, struct ax__msg *m) {
