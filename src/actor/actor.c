@@ -227,9 +227,17 @@ int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
     m->flags = AX__MF_CONTROL;
     m->to = id;
     memcpy(m->u.inl, &sp, sizeof sp);
-    rc = ax__post(rt, here, m);
-    if (rc)
+    /* Pushed now, not batched: the id may travel (in a message through
+     * another worker) and come back to the new actor's worker before our
+     * batch would; the spawn must be there first. What we sent there
+     * before goes ahead of it (pair order). */
+    if (here)
+      ax__flush_one(here, (unsigned)wi);
+    rc = ax__post(rt, NULL, m);
+    if (rc) {
+      ax__msg_free(here, m);
       return rc;
+    }
   }
   *out = id;
   /* Birth links and monitors, sent after the spawn so they queue behind
