@@ -215,7 +215,8 @@ struct ax__worker {
 
 struct ax__outbox {
   struct ax__msg *head, *tail;
-  uint32_t n;
+  uint32_t n;     /* node returns: how many */
+  bool listed;    /* outboxes: in the worker's dirty list */
 };
 #define AX__RET_BATCH 256
 

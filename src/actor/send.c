@@ -250,8 +250,10 @@ void ax__flush_one(struct ax__worker *w, unsigned dst) {
 }
 
 void ax__flush(struct ax__worker *w) {
-  for (uint32_t i = 0; i < w->ndirty; i++)
+  for (uint32_t i = 0; i < w->ndirty; i++) {
+    w->out[w->dirty[i]].listed = false;
     ax__flush_one(w, w->dirty[i]);
+  }
   w->ndirty = 0;
 }
 
@@ -280,7 +282,10 @@ int ax__post(ax_rt_t *rt, struct ax__worker *here, struct ax__msg *m) {
       o->tail->bnext = m;
     } else {
       o->head = m;
-      here->dirty[here->ndirty++] = dst;
+      if (!o->listed) { /* a flush_one() may have emptied it, still listed */
+        o->listed = true;
+        here->dirty[here->ndirty++] = dst;
+      }
       if (!here->in_sched)
         ax_defer_start(here->flush);
     }
