@@ -78,7 +78,7 @@ enum {
   AX__S_SOCKET = 0x0080,    /* send with MSG_NOSIGNAL */
   AX__S_TCP = 0x0100,
   AX__S_ABOVE_HIGH = 0x0200, /* went above high water: drain_cb owed */
-  AX__S_NATIVE = 0x0400,    /* driven by stream_uring.c */
+  AX__S_NATIVE = 0x0400,    /* driven by stream_uring.c (ax__sdrv) */
   AX__S_SPLICE_FROM = 0x0800, /* a splice reads it: the user may not */
   AX__S_IN_CB = 0x1000,     /* delivering to the user */
   AX__S_NOSENDFILE = 0x2000, /* sendfile refused this fd: read+write */
@@ -145,7 +145,6 @@ struct ax_stream {
   struct ax__list link;        /* px->streams, px->closing or px->done */
   ax_stream_t *pnext;          /* px->rdpend while AX__S_OWED; free slots */
   ax_loop_t *loop;
-  const struct ax__sdrv *drv;
   void *ud;
   union {                      /* the read callback until close, then the */
     ax_read_cb read_cb;        /* close callback: no read callback runs */
@@ -159,20 +158,39 @@ struct ax_stream {
   struct ax__wreq *wq_head, *wq_tail;
   uint64_t queued;             /* bytes of every request (data + file) */
   uint64_t bytes_read, bytes_written;
+  void *drv_data;              /* driver-private: the readiness driver's I/O
+                                  source, the native driver's state */
   uint32_t high, limit;        /* write queue: high water, hard limit (0) */
   uint32_t wtimeout_ms;        /* write deadline (0: none) */
   int fd;
-  int err;                     /* the stream's error, once failed */
-  uint32_t flags;
-  uint32_t drv_state;          /* driver-private */
-  void *drv_data;              /* driver-private: the readiness driver's I/O
-                                  source, the native driver's state */
+  uint32_t flags;              /* AX__S_NATIVE names the driver */
+  /* The stream's error, once failed: -errno (above -4096) or an AX_E*
+   * code (-2000x). 16 bits, with drv_state, keep the stream at 184 bytes. */
+  int16_t err;
+  uint16_t drv_state;          /* driver-private */
 };
 
-/* The documented cost of an idle stream (README, conn_scale): 200 bytes in
+_Static_assert(AX_EOF >= INT16_MIN && AX_ENOTPOLLABLE >= INT16_MIN &&
+                   AX_EFDTOOBIG >= INT16_MIN && AX_ECORRUPT >= INT16_MIN &&
+                   AX_EKIND >= INT16_MIN,
+               "every error a stream keeps fits its 16-bit err");
+
+/* The documented cost of an idle stream (README, conn_scale): 184 bytes in
  * the loop's stream slab + a 48-byte I/O source + an 8-byte fd-table slot
- * = 256 on the readiness driver. */
-_Static_assert(sizeof(struct ax_stream) <= 200, "a stream is 200 bytes");
+ * = 240 on the readiness driver. Every byte counts 20,000 times there: the
+ * driver is a flag rather than a pointer, err and drv_state are 16 bits. */
+_Static_assert(sizeof(struct ax_stream) <= 184, "a stream is 184 bytes");
+
+/* The stream's driver: stream_uring.c's while AX__S_NATIVE is set (from
+ * stream_new to the free), else the readiness driver. */
+#ifdef AX_HAVE_URING
+#define AX__SDRV_NATIVE (&ax__sdrv_uring)
+#else
+#define AX__SDRV_NATIVE (&ax__sdrv_rd)
+#endif
+static inline const struct ax__sdrv *ax__sdrv(const ax_stream_t *s) {
+  return (s->flags & AX__S_NATIVE) ? AX__SDRV_NATIVE : &ax__sdrv_rd;
+}
 
 /* Called by drivers. */
 /* Data read: through the read chain to the user. @data is borrowed. */
@@ -248,8 +266,8 @@ struct ax__px {
   struct ax__list listeners;
   struct ax__list udps;
   size_t nstreams;
-  bool native;                 /* streams use the native io_uring driver */
-  const struct ax__sdrv *sdrv; /* driver of new streams */
+  bool native;                 /* new streams get the native io_uring
+                                  driver (AX__S_NATIVE) */
   void *uring;                 /* stream_uring.c's state */
   void *files;                 /* file.c's state */
   uint64_t file_ops_pool, file_ops_native;

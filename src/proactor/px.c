@@ -72,7 +72,6 @@ struct ax__px *ax__px(ax_loop_t *loop) {
     ax__free(loop, px);
     return NULL;
   }
-  px->sdrv = &ax__sdrv_rd;
 #ifdef AX_HAVE_URING
   ax__uring_px_init(px);
 #endif

@@ -46,8 +46,8 @@ unsigned ax__splice_interest(const ax_stream_t *s) {
 }
 
 static void refresh(struct ax__splice *sp) {
-  sp->from->drv->flush(sp->from);
-  sp->to->drv->flush(sp->to);
+  ax__sdrv(sp->from)->flush(sp->from);
+  ax__sdrv(sp->to)->flush(sp->to);
 }
 
 /* Pipe → @to. Returns false when the splice ended. */
@@ -138,9 +138,9 @@ static void splice_end(struct ax__splice *sp, int status, bool defer) {
   from->flags &= ~AX__S_SPLICE_FROM;
   to->flags &= ~AX__S_SPLICE_TO;
   if (!(from->flags & AX__S_CLOSING))
-    from->drv->flush(from);
+    ax__sdrv(from)->flush(from);
   if (!(to->flags & AX__S_CLOSING))
-    to->drv->flush(to);
+    ax__sdrv(to)->flush(to);
   if (defer) {
     if (ax__px_complete(from->loop->px, from, ended_cb, sp, status) == 0)
       return;

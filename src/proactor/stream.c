@@ -2,7 +2,7 @@
  * Streams: the API, the write queue with backpressure and a deadline, read
  * delivery through filters, errors, and close. How bytes reach the kernel
  * is the driver's business (stream_rd.c: readiness; stream_uring.c: native
- * io_uring); this file calls it through s->drv.
+ * io_uring); this file calls it through ax__sdrv(s).
  *
  * Rules kept here:
  * - no user callback runs inside the API call that caused it: write and
@@ -148,11 +148,10 @@ static int stream_new(ax_loop_t *loop, int fd, void *ud, uint32_t flags,
   s->loop = loop;
   s->fd = fd;
   s->ud = ud;
-  s->flags = flags;
+  s->flags = flags | (px->native ? AX__S_NATIVE : 0);
   s->high = DEFAULT_HIGH;
   ax_buflist_init(&s->wq, loop);
-  s->drv = px->sdrv;
-  if ((r = s->drv->attach(s)) < 0) {
+  if ((r = ax__sdrv(s)->attach(s)) < 0) {
     ax__stream_slot_free(px, s);
     return r;
   }
@@ -196,7 +195,7 @@ int ax_connect(ax_loop_t *loop, const ax_addr_t *to, uint64_t timeout_ms,
   ax_loop_update_time(loop); /* the timeout counts from now */
   if (ax__stream_ext(s) == NULL ||
       (timeout_ms && (r = timer_arm(s, timeout_ms)) < 0) ||
-      (r = s->drv->connect_wait(s)) < 0) {
+      (r = ax__sdrv(s)->connect_wait(s)) < 0) {
     r = r < 0 ? r : -ENOMEM;
     s->flags &= ~AX__S_CONNECTING;
     ax_stream_close(s, NULL); /* closes fd; no callback to run */
@@ -218,9 +217,9 @@ void ax__stream_on_connect(ax_stream_t *s, int status) {
   } else {
     deadline_update(s);
     if (s->wq_head)
-      s->drv->flush(s);
+      ax__sdrv(s)->flush(s);
     if (s->flags & AX__S_READING)
-      s->drv->read_start(s);
+      ax__sdrv(s)->read_start(s);
   }
   if (e->connect_cb)
     e->connect_cb(s, status, s->ud);
@@ -316,7 +315,7 @@ void ax__stream_on_eof(ax_stream_t *s) {
   if (s->flags & (AX__S_EOF | AX__S_FAILED | AX__S_CLOSING))
     return;
   s->flags |= AX__S_EOF;
-  s->drv->read_stop(s);
+  ax__sdrv(s)->read_stop(s);
   if (s->ext && !ax__chain_empty(&s->ext->rchain)) {
     if ((r = ax__chain_eof(&s->ext->rchain)) < 0) {
       s->flags &= ~AX__S_EOF;
@@ -359,7 +358,7 @@ static void deliver_owed(ax_stream_t *s) {
   }
   /* Frames drained and the user still reads: back to the socket. */
   if (e && e->fn == 0 && ax__stream_wants_read(s))
-    s->drv->read_start(s);
+    ax__sdrv(s)->read_start(s);
 }
 
 /* A stream closed while listed stays listed (its memory goes only after
@@ -397,7 +396,7 @@ int ax_stream_read_start(ax_stream_t *s, ax_read_cb cb) {
   }
   if (s->flags & AX__S_CONNECTING)
     return 0; /* reading starts when connected */
-  return s->drv->read_start(s);
+  return ax__sdrv(s)->read_start(s);
 }
 
 int ax_stream_read_stop(ax_stream_t *s) {
@@ -406,7 +405,7 @@ int ax_stream_read_stop(ax_stream_t *s) {
   if (!(s->flags & AX__S_READING))
     return 0;
   s->flags &= ~AX__S_READING;
-  s->drv->read_stop(s);
+  ax__sdrv(s)->read_stop(s);
   return 0;
 }
 
@@ -438,9 +437,9 @@ void ax__stream_fail(ax_stream_t *s, int err) {
   queue_fail(s, err);
   deadline_update(s);
   frames_clear(s);
-  s->drv->read_stop(s);
+  ax__sdrv(s)->read_stop(s);
   /* The driver sees an empty queue now: it stops writing. */
-  s->drv->flush(s);
+  ax__sdrv(s)->flush(s);
   if (s->flags & AX__S_READING)
     owe_delivery(s);
 }
@@ -493,7 +492,7 @@ static void queue_kick(ax_stream_t *s, bool was_empty) {
   if (was_empty)
     deadline_update(s);
   if (!(s->flags & AX__S_CONNECTING))
-    s->drv->flush(s);
+    ax__sdrv(s)->flush(s);
 }
 
 /* Try to write @iov at once: only when nothing is queued ahead and the
@@ -870,7 +869,7 @@ int ax_stream_close(ax_stream_t *s, ax_close_cb cb) {
   ax__list_unlink(&s->link);
   ax__list_append(&px->closing, &s->link);
   px->nstreams--;
-  s->drv->close(s); /* ax__stream_released, now or later */
+  ax__sdrv(s)->close(s); /* ax__stream_released, now or later */
   ax__px_kick(px);
   return 0;
 }
@@ -885,7 +884,7 @@ int ax_stream_detach(ax_stream_t *s, int *fd) {
       (s->ext && (!ax__chain_empty(&s->ext->rchain) ||
                   !ax__chain_empty(&s->ext->wchain) || s->ext->fn > 0)))
     return -EBUSY;
-  if ((r = s->drv->detach(s)) < 0)
+  if ((r = ax__sdrv(s)->detach(s)) < 0)
     return r;
   px = s->loop->px;
   *fd = s->fd;

@@ -58,7 +58,7 @@
  *   torn down (loop->uring_gone). Like every buffer made through a loop's
  *   hooks (buf.h), read buffers must be released before ax_loop_free.
  *
- * Memory per idle reading stream: struct ax_stream (192 bytes) + struct ns
+ * Memory per idle reading stream: struct ax_stream (184 bytes) + struct ns
  * (40). The loop's ring: BUF_COUNT x BUF_SIZE (4 MiB of address space; pages
  * are touched as data lands) + 4 KiB of ring entries.
  */
@@ -98,6 +98,7 @@ enum {
   Q_P = 0x4000
 };
 #define LIVE (R_LIVE | W_LIVE | P_LIVE)
+_Static_assert(Q_P <= UINT16_MAX, "the state fits s->drv_state");
 
 /* Incremental consumption (6.12): a recv takes only what it needs of the
  * buffer at the ring's head, and the CQE says when the kernel is not done
@@ -803,7 +804,6 @@ static void ns_free(ax_stream_t *s) {
   ax__free(s->loop, s->drv_data);
   s->drv_data = NULL;
   s->drv_state = 0;
-  s->flags &= ~AX__S_NATIVE;
 }
 
 /* Closing, and the last operation has ended: the fd may go. */
@@ -820,8 +820,8 @@ static int ur_attach(ax_stream_t *s) {
   ax_loop_t *loop = s->loop;
   struct ns *n;
   if (!(s->flags & AX__S_SOCKET)) {
-    s->drv = &ax__sdrv_rd; /* see the top of the file */
-    return s->drv->attach(s);
+    s->flags &= ~AX__S_NATIVE; /* see the top of the file */
+    return ax__sdrv_rd.attach(s);
   }
   if (s->fd < loop->fdcap && loop->fdtab[s->fd] != NULL)
     return -EEXIST; /* watched by the loop: as the readiness driver says */
@@ -834,7 +834,6 @@ static int ur_attach(ax_stream_t *s) {
   n->held = NULL;
   s->drv_data = n;
   s->drv_state = 0;
-  s->flags |= AX__S_NATIVE;
   return 0;
 }
 
@@ -939,7 +938,6 @@ static int detach_live(ax_stream_t *s) {
   n->zlive = !!(st & R_LIVE) + !!(st & P_LIVE); /* their holds stay */
   s->drv_data = NULL;
   s->drv_state = 0;
-  s->flags &= ~AX__S_NATIVE;
   return 0;
 }
 
@@ -1034,7 +1032,7 @@ static void finals(ax_loop_t *loop, struct ax__list *list) {
     ax_stream_t *s = ax__container_of(l, struct ax_stream, link);
     struct ns *n = s->drv_data;
     uint32_t st = s->drv_state;
-    if (s->drv != &ax__sdrv_uring || n == NULL)
+    if (!(s->flags & AX__S_NATIVE) || n == NULL)
       continue;
     /* ENOMEM: never ends; the stream stays until the loop is freed. */
     if ((st & R_LIVE) && !(st & Q_R))
@@ -1126,7 +1124,7 @@ static void ur_fini(struct ax__px *px) {
        l = next) {
     ax_stream_t *s = ax__container_of(l, struct ax_stream, link);
     next = l->next;
-    if (s->drv == &ax__sdrv_uring && s->drv_data != NULL)
+    if ((s->flags & AX__S_NATIVE) && s->drv_data != NULL)
       force_release(ur, s);
   }
   while (ur->nzomb > 0) { /* their memory is not the kernel's: only ud */
@@ -1218,7 +1216,6 @@ bool ax__uring_px_init(struct ax__px *px) {
   if ((force != NULL && strcmp(force, "readiness") == 0) ||
       ax__uring(loop) == NULL || !kernel_ok() || (ur = ur_new(px)) == NULL)
     return false;
-  px->sdrv = &ax__sdrv_uring;
   px->native = true;
   px->uring = ur;
   px->fini[AX__PXM_URING] = ur_fini;
