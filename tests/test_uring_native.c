@@ -17,6 +17,19 @@
  * freed with streams open, sending, connecting and closing (clean under
  * ASan, peers see EOF at once); a loop run by one thread, then by another
  * (the ring is replaced) while echoing; AXON_PROACTOR=readiness.
+ *
+ * Listeners (src/proactor/listener_uring.c, multishot accept): up to 1,024
+ * connections accepted in rounds, in order and with the right peer
+ * address; close from the first callback with 49 connections pending (no
+ * callback after it, the port free at once, every client sees its end,
+ * no fd left); pause before the first run and from a callback (nothing
+ * accepted, or what the kernel had accepted held and handed over after the
+ * resume, in order, never inside it); EMFILE in a child whose
+ * RLIMIT_NOFILE leaves room for 6 fds (one report, connections shed, a
+ * handful of iterations per second, recovery); ax_loop_free with a
+ * listener open, one closed from its callback and one paused with
+ * connections held; a loop run by one thread, then another (the accept is
+ * armed again on the new ring).
  */
 #include "testutil.h"
 
@@ -24,6 +37,7 @@
 #include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -961,11 +975,410 @@ static void test_ring_move(void **state) {
   AX_FREE_LOOP(m.loop);
 }
 
+/* ---- listeners: multishot accept ----------------------------------------- */
+
+#define ACC_MAX 1024
+
+/* What an accept callback saw: the fds (kept open unless @drop), the peer
+ * ports, in order. */
+typedef struct acc {
+  ax_listener_t *l;
+  int n, errors, emfile;
+  int fds[ACC_MAX];
+  unsigned ports[ACC_MAX];
+  int close_at, pause_at, stop_at; /* on the callback of that accept */
+  bool closed, bad, drop, rebound;
+  ax_addr_t addr;
+} acc_t;
+
+/* A plain listening socket on @a, as a test that the port is free. */
+static bool port_free(const ax_addr_t *a) {
+  int one = 1, fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  bool ok;
+  assert_true(fd >= 0);
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  ok = bind(fd, &a->u.sa, a->len) == 0 && listen(fd, 1) == 0;
+  close(fd);
+  return ok;
+}
+
+static void acc_cb(ax_listener_t *l, int status, int fd, const ax_addr_t *peer,
+                   void *ud) {
+  acc_t *a = ud;
+  if (status < 0) {
+    a->errors++;
+    a->emfile += status == -EMFILE;
+    return;
+  }
+  if (a->closed || a->n == ACC_MAX || fd < 0 || peer == NULL ||
+      peer->u.sa.sa_family != AF_INET) {
+    a->bad = true; /* no callback after close; a real peer address */
+    close(fd);
+    return;
+  }
+  a->ports[a->n] = ax_addr_port(peer);
+  a->fds[a->n++] = a->drop ? (close(fd), -1) : fd;
+  if (a->n == a->pause_at)
+    assert_int_equal(ax_listener_pause(l), 0);
+  if (a->n == a->close_at) {
+    ax_listener_close(l);
+    a->closed = true;
+    a->rebound = port_free(&a->addr); /* the socket is gone at once */
+  }
+  if (a->n == a->stop_at)
+    ax_loop_stop(ax_listener_loop(l));
+}
+
+static void acc_listen(ax_loop_t *loop, acc_t *a) {
+  ax_listen_options_t o;
+  ax_listen_options_init(&o);
+  o.backlog = 4096;
+  assert_int_equal(ax_addr_ip("127.0.0.1", 0, &a->addr), 0);
+  assert_int_equal(ax_listener_new(loop, &a->addr, &o, acc_cb, a, &a->l), 0);
+  assert_int_equal(ax_listener_addr(a->l, &a->addr), 0);
+}
+
+/* A client connecting to @a (non-blocking: the kernel completes it into
+ * the backlog); its local port in *@port. */
+static int acc_client(const ax_addr_t *a, unsigned *port) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  ax_addr_t me;
+  socklen_t len = sizeof(me.u);
+  assert_true(fd >= 0);
+  assert_true(connect(fd, &a->u.sa, a->len) == 0 || errno == EINPROGRESS);
+  assert_int_equal(getsockname(fd, &me.u.sa, &len), 0);
+  me.len = len;
+  *port = ax_addr_port(&me);
+  return fd;
+}
+
+static void acc_close_fds(acc_t *a) {
+  for (int i = 0; i < a->n; i++)
+    if (a->fds[i] >= 0)
+      close(a->fds[i]);
+  a->n = 0;
+}
+
+/* Each client sees its connection end (EOF or a reset) within @ms. */
+static void clients_end(const int *cl, int n, int ms) {
+  for (int i = 0; i < n; i++) {
+    struct pollfd p = {.fd = cl[i], .events = POLLIN};
+    char c;
+    assert_int_equal(poll(&p, 1, ms), 1);
+    assert_true(read(cl[i], &c, 1) <= 0);
+  }
+}
+
+static void test_accept_many(void **state) {
+  int fds0 = count_fds(), n, *cl;
+  unsigned *ports;
+  ax_loop_t *loop = uloop();
+  acc_t *a = calloc(1, sizeof(*a));
+  ax_listener_stats_t st;
+  (void)state;
+  NEED_NATIVE(loop);
+  assert_true(pinfo(loop).multishot_accept);
+  n = fd_budget() / 2;
+  n = n > ACC_MAX ? ACC_MAX : n;
+  assert_true(n >= 100);
+  cl = calloc((size_t)n, sizeof(*cl));
+  ports = calloc((size_t)n, sizeof(*ports));
+  acc_listen(loop, a);
+  /* In rounds, while the loop runs: the one operation accepts them all. */
+  for (int r = 0, k = 0; r < 10; r++) {
+    for (; k < n * (r + 1) / 10; k++)
+      cl[k] = acc_client(&a->addr, &ports[k]);
+    assert_true(RUN_UNTIL(loop, a->n == k || a->bad, 10000));
+  }
+  assert_false(a->bad);
+  assert_int_equal(a->n, n);
+  for (int i = 0; i < n; i++)
+    assert_int_equal(a->ports[i], ports[i]); /* in order, the right peer */
+  assert_int_equal(ax_listener_stats(a->l, &st), 0);
+  assert_int_equal(st.accepted, (uint64_t)n);
+  assert_int_equal(st.shed, 0);
+  assert_int_equal(a->errors, 0);
+  ax_listener_close(a->l);
+  acc_close_fds(a);
+  for (int i = 0; i < n; i++)
+    close(cl[i]);
+  run_for(loop, 10);
+  AX_FREE_LOOP(loop);
+  assert_int_equal(count_fds(), fds0);
+  free(cl), free(ports), free(a);
+}
+
+/* Closed from the first callback with connections pending: no callback
+ * after, the port free when close returns, every other client's
+ * connection ends, nothing leaks. */
+static void test_accept_close_in_cb(void **state) {
+  enum { N = 50 };
+  int fds0 = count_fds(), cl[N];
+  unsigned port;
+  ax_loop_t *loop = uloop();
+  acc_t a = {.close_at = 1};
+  (void)state;
+  NEED_NATIVE(loop);
+  acc_listen(loop, &a);
+  for (int i = 0; i < N; i++)
+    cl[i] = acc_client(&a.addr, &port);
+  assert_true(RUN_UNTIL(loop, a.closed, 5000));
+  assert_true(a.rebound);
+  run_for(loop, 50); /* the rest of the completions, the final one */
+  assert_false(a.bad);
+  assert_int_equal(a.n, 1);
+  acc_close_fds(&a);
+  clients_end(cl, N, 2000);
+  for (int i = 0; i < N; i++)
+    close(cl[i]);
+  assert_false(ax_loop_alive(loop)); /* the operation ended */
+  AX_FREE_LOOP(loop);
+  assert_int_equal(count_fds(), fds0);
+}
+
+static void test_accept_pause_resume(void **state) {
+  enum { N1 = 20, N2 = 40, N3 = 45 };
+  int cl[N3];
+  unsigned ports[N3];
+  ax_loop_t *loop = uloop();
+  acc_t a = {.pause_at = 25};
+  ax_listener_stats_t st;
+  (void)state;
+  NEED_NATIVE(loop);
+  acc_listen(loop, &a);
+  /* Paused before it ever ran: nothing is accepted. */
+  assert_int_equal(ax_listener_pause(a.l), 0);
+  for (int i = 0; i < N1; i++)
+    cl[i] = acc_client(&a.addr, &ports[i]);
+  run_for(loop, 50);
+  assert_int_equal(a.n, 0);
+  assert_int_equal(ax_listener_resume(a.l), 0);
+  assert_true(RUN_UNTIL(loop, a.n == N1, 5000));
+  /* Paused from the 25th callback, the kernel has accepted more already:
+   * held, handed over after the resume, after its call returned, in
+   * order. */
+  for (int i = N1; i < N2; i++)
+    cl[i] = acc_client(&a.addr, &ports[i]);
+  assert_true(RUN_UNTIL(loop, a.n == 25, 5000));
+  run_for(loop, 50);
+  assert_int_equal(a.n, 25);
+  assert_int_equal(ax_listener_resume(a.l), 0);
+  assert_int_equal(a.n, 25); /* no callback inside the resume */
+  assert_true(RUN_UNTIL(loop, a.n == N2, 5000));
+  run_for(loop, 20);
+  assert_false(a.bad);
+  assert_int_equal(a.n, N2);
+  for (int i = 0; i < N2; i++)
+    assert_int_equal(a.ports[i], ports[i]);
+  assert_int_equal(ax_listener_stats(a.l, &st), 0);
+  assert_int_equal(st.accepted, N2);
+  /* Paused again with connections held: close closes them. */
+  a.pause_at = N2 + 1;
+  for (int i = N2; i < N3; i++)
+    cl[i] = acc_client(&a.addr, &ports[i]);
+  assert_true(RUN_UNTIL(loop, a.n == N2 + 1, 5000));
+  run_for(loop, 20);
+  ax_listener_close(a.l);
+  acc_close_fds(&a);
+  clients_end(cl, N3, 2000);
+  for (int i = 0; i < N3; i++)
+    close(cl[i]);
+  run_for(loop, 10);
+  AX_FREE_LOOP(loop);
+}
+
+static uint64_t accepted_of(const ax_listener_t *l) {
+  ax_listener_stats_t st;
+  assert_int_equal(ax_listener_stats(l, &st), 0);
+  return st.accepted;
+}
+
+/* The highest open fd of this process. */
+static int max_fd(void) {
+  int top = -1;
+  DIR *d = opendir("/proc/self/fd");
+  assert_non_null(d);
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    if (e->d_name[0] != '.' && atoi(e->d_name) > top)
+      top = atoi(e->d_name);
+  closedir(d);
+  return top;
+}
+
+/* The child of test_accept_emfile; returns its exit status. */
+static int emfile_child(void) {
+  enum { N = 100, SLACK = 6 };
+  ax_loop_t *loop = uloop();
+  static acc_t a;
+  ax_listener_stats_t st;
+  struct rlimit rl;
+  uint64_t it0;
+  enum { FILL_MAX = 4096 };
+  static int fill[FILL_MAX];
+  int cl[N], nfill = 0;
+  uint64_t accepted;
+  unsigned port;
+  if (!pinfo(loop).native)
+    return 77;
+  acc_listen(loop, &a);
+  for (int i = 0; i < N; i++)
+    cl[i] = acc_client(&a.addr, &port);
+  /* Room for SLACK more fds: then the kernel's accept fails with EMFILE
+   * (its limit is read when the accept is armed, at the first wait). The
+   * free numbers below the highest fd are filled first. */
+  assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+  rl.rlim_cur = (rlim_t)max_fd() + 1;
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  while (nfill < FILL_MAX &&
+         (fill[nfill] = open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0)
+    nfill++;
+  rl.rlim_cur += SLACK;
+  assert_int_equal(setrlimit(RLIMIT_NOFILE, &rl), 0);
+  if (!RUN_UNTIL(loop, a.emfile > 0, 5000)) {
+    printf("[  INFO    ] no EMFILE: %d accepted, %d errors, max fd %d, "
+           "limit %d\n",
+           a.n, a.errors, max_fd(), (int)rl.rlim_cur);
+    fflush(stdout);
+    return 10;
+  }
+  /* A second of the episode: no spin, one report, connections shed. */
+  it0 = iterations(loop);
+  run_for(loop, 1000);
+  assert_int_equal(ax_listener_stats(a.l, &st), 0);
+  printf("[  INFO    ] accept emfile: %llu iterations in 1 s, %d accepted, "
+         "%llu shed, %llu pauses\n",
+         (unsigned long long)(iterations(loop) - it0), a.n,
+         (unsigned long long)st.shed, (unsigned long long)st.pauses);
+  fflush(stdout);
+  if (iterations(loop) - it0 >= 1000)
+    return 11;
+  if (a.emfile != 1 || a.errors != 1)
+    return 12;
+  if (st.shed == 0 || st.pauses == 0 || a.n == 0 || a.n > SLACK)
+    return 13;
+  /* Recovery: fds come back, accepting goes on. */
+  accepted = st.accepted;
+  acc_close_fds(&a);
+  if (!RUN_UNTIL(loop, accepted_of(a.l) > accepted, 5000))
+    return 14;
+  acc_close_fds(&a);
+  ax_listener_close(a.l);
+  for (int i = 0; i < N; i++)
+    close(cl[i]);
+  for (int i = 0; i < nfill; i++)
+    close(fill[i]);
+  AX_FREE_LOOP(loop);
+  return a.bad ? 15 : 0;
+}
+
+static void test_accept_emfile(void **state) {
+  pid_t pid;
+  int st;
+  (void)state;
+  fflush(stdout);
+  pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    setenv("CMOCKA_TEST_ABORT", "1", 1);
+    alarm(30);
+    _exit(emfile_child());
+  }
+  assert_int_equal(waitpid(pid, &st, 0), pid);
+  if (WIFEXITED(st) && WEXITSTATUS(st) == 77) {
+    printf("native proactor not available\n");
+    skip();
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    fail_msg("the child failed: %s %d", WIFEXITED(st) ? "exit" : "signal",
+             WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st));
+}
+
+/* ax_loop_free with a listener open and connections waiting, one closed
+ * from its callback (its last completion not dispatched), one paused with
+ * connections held: no fd left, no memory (ASan), peers see the end. */
+static void test_accept_loop_free(void **state) {
+  enum { N = 10 };
+  int fds0 = count_fds(), cl[3][N];
+  unsigned port;
+  acc_t a[3] = {{.stop_at = 2},
+                {.close_at = 1, .stop_at = 1},
+                {.pause_at = 1, .stop_at = 1}};
+  ax_loop_t *loop = uloop();
+  (void)state;
+  NEED_NATIVE(loop);
+  for (int k = 0; k < 3; k++) {
+    acc_listen(loop, &a[k]);
+    for (int i = 0; i < N; i++)
+      cl[k][i] = acc_client(&a[k].addr, &port);
+  }
+  /* Until each has accepted (and stopped the loop) once or twice. */
+  assert_true(RUN_UNTIL(loop, a[0].n >= 2 && a[1].n >= 1 && a[2].n >= 1,
+                        5000));
+  AX_FREE_LOOP(loop);
+  for (int k = 0; k < 3; k++) {
+    assert_false(a[k].bad);
+    acc_close_fds(&a[k]);
+    clients_end(cl[k], N, 2000);
+    for (int i = 0; i < N; i++)
+      close(cl[k][i]);
+  }
+  assert_int_equal(count_fds(), fds0);
+}
+
+/* The loop run by one thread, then by another (the ring is replaced):
+ * the accept is armed again on the new ring. */
+typedef struct amv {
+  ax_loop_t *loop;
+  acc_t a;
+} amv_t;
+
+static void *amv_run(void *arg) {
+  amv_t *m = arg;
+  assert_int_equal(ax_loop_run(m->loop, AX_RUN_DEFAULT), 0);
+  return NULL;
+}
+
+static void test_accept_ring_move(void **state) {
+  enum { N = 20 };
+  int fds0 = count_fds(), cl[N];
+  amv_t m = {.loop = uloop(), .a = {.stop_at = N / 2}};
+  unsigned port;
+  pthread_t t;
+  (void)state;
+  NEED_NATIVE(m.loop);
+  acc_listen(m.loop, &m.a);
+  guard_start("the accept ring move", 30);
+  for (int i = 0; i < N / 2; i++)
+    cl[i] = acc_client(&m.a.addr, &port);
+  assert_int_equal(pthread_create(&t, NULL, amv_run, &m), 0);
+  pthread_join(t, NULL);
+  assert_int_equal(m.a.n, N / 2);
+  for (int i = N / 2; i < N; i++)
+    cl[i] = acc_client(&m.a.addr, &port);
+  m.a.stop_at = N;
+  assert_int_equal(pthread_create(&t, NULL, amv_run, &m), 0);
+  pthread_join(t, NULL);
+  guard_stop();
+  assert_false(m.a.bad);
+  assert_int_equal(m.a.n, N);
+  assert_true(pinfo(m.loop).multishot_accept);
+  ax_listener_close(m.a.l);
+  acc_close_fds(&m.a);
+  for (int i = 0; i < N; i++)
+    close(cl[i]);
+  run_for(m.loop, 10);
+  AX_FREE_LOOP(m.loop);
+  assert_int_equal(count_fds(), fds0);
+}
+
 /* ---- the readiness driver on demand --------------------------------------- */
 
 static void test_env_readiness(void **state) {
   ax_loop_t *loop;
   ax_proactor_info_t pi;
+  acc_t a = {0};
+  unsigned port;
+  int cl;
   (void)state;
   setenv("AXON_PROACTOR", "readiness", 1);
   loop = uloop();
@@ -973,6 +1386,15 @@ static void test_env_readiness(void **state) {
   unsetenv("AXON_PROACTOR");
   assert_false(pi.native);
   assert_false(pi.buf_ring);
+  assert_false(pi.multishot_accept);
+  /* Listeners accept through readiness (poll requests) on the ring. */
+  acc_listen(loop, &a);
+  cl = acc_client(&a.addr, &port);
+  assert_true(RUN_UNTIL(loop, a.n == 1, 5000));
+  assert_int_equal(a.ports[0], port);
+  ax_listener_close(a.l);
+  acc_close_fds(&a);
+  close(cl);
   AX_FREE_LOOP(loop);
   loop = ax_test_loop_on(AX_BACKEND_EPOLL);
   assert_false(pinfo(loop).native);
@@ -996,6 +1418,12 @@ int main(void) {
       cmocka_unit_test(test_loop_free_open),
       cmocka_unit_test(test_loop_free_unclosed),
       cmocka_unit_test(test_ring_move),
+      cmocka_unit_test(test_accept_many),
+      cmocka_unit_test(test_accept_close_in_cb),
+      cmocka_unit_test(test_accept_pause_resume),
+      cmocka_unit_test(test_accept_emfile),
+      cmocka_unit_test(test_accept_loop_free),
+      cmocka_unit_test(test_accept_ring_move),
   };
   if (!ax_test_uring_usable()) {
     printf("[  SKIPPED ] test_uring_native: no io_uring loop\n");

@@ -341,10 +341,13 @@ typedef struct ax_listener ax_listener_t;
 /**
  * ax_accept_cb - a connection was accepted: @fd is a connected,
  * non-blocking socket, owned by the callee (wrap it with ax_stream_open(),
- * hand it to another loop, or close it). @status < 0 (then @fd is -1)
- * reports an accept failure the listener is handling: -EMFILE / -ENFILE
- * (see the fd-exhaustion policy below) once per episode, or another error
- * (-ENOMEM, -ENOBUFS) after which accepting resumes on the next readiness.
+ * hand it to another loop, or close it); @peer is its address, borrowed for
+ * the call (on io_uring it is read as the fd is handed over: len 0 if the
+ * peer is gone already, which reading the stream then reports). @status <
+ * 0 (then @fd is -1, @peer NULL) reports an accept failure the listener is
+ * handling: -EMFILE / -ENFILE (see the fd-exhaustion policy below) once
+ * per episode, or another error (-ENOMEM, -ENOBUFS...) after which the
+ * listener pauses the same way and then accepts again.
  */
 typedef void (*ax_accept_cb)(ax_listener_t *l, int status, int fd,
                              const ax_addr_t *peer, void *ud);
@@ -353,7 +356,9 @@ typedef struct ax_listen_options {
   int backlog;       /* listen(2) backlog; 0: SOMAXCONN */
   bool reuseport;    /* SO_REUSEPORT (one listener per loop) */
   bool v6only;       /* IPV6_V6ONLY on an IPv6 address */
-  unsigned batch;    /* accepts per readiness event; 0: 64 */
+  unsigned batch;    /* accepts per readiness event; 0: 64. On io_uring
+                      * the kernel accepts every pending connection
+                      * (multishot accept): no batches. */
   /* Fd exhaustion policy: on EMFILE/ENFILE the listener closes a reserve
    * fd it holds, accepts one pending connection and closes it at once (the
    * peer sees a close, not a hang), then pauses accepting for
@@ -378,7 +383,10 @@ AX_API int ax_listener_new(ax_loop_t *loop, const ax_addr_t *addr,
 AX_API int ax_listener_addr(const ax_listener_t *l, ax_addr_t *out);
 /** The listener's loop. */
 AX_API ax_loop_t *ax_listener_loop(const ax_listener_t *l);
-/** Pause and resume accepting (connections wait in the backlog). */
+/** Pause and resume accepting (connections wait in the backlog). On
+ *  io_uring, connections the kernel had accepted before the pause took
+ *  effect are held and handed over, in order, after the resume (never
+ *  inside it). */
 AX_API int ax_listener_pause(ax_listener_t *l);
 AX_API int ax_listener_resume(ax_listener_t *l);
 /** Counters: accepted, refused for fd exhaustion (accepted and closed by
@@ -389,7 +397,8 @@ typedef struct ax_listener_stats {
 AX_API int ax_listener_stats(const ax_listener_t *l, ax_listener_stats_t *out);
 /** Close the listening socket; no callback runs after this returns. May be
  *  called from the accept callback (the rest of the batch is left in the
- *  backlog, and closed with the socket). */
+ *  backlog, and closed with the socket; on io_uring, connections the kernel
+ *  accepted already are closed too). */
 AX_API void ax_listener_close(ax_listener_t *l);
 
 /* ------------------------------------------------------------------------ */
@@ -487,8 +496,9 @@ typedef struct ax_proactor_info {
 
 /** Facts about @loop's proactor (created on first use). A loop on
  *  io_uring drives its streams natively when the kernel allows it (6.0:
- *  multishot recv, provided buffer rings), unless AXON_PROACTOR=readiness
- *  is in the environment when the proactor is created (for comparisons). */
+ *  multishot recv, provided buffer rings), and its listeners accept with a
+ *  multishot accept, unless AXON_PROACTOR=readiness is in the environment
+ *  when the proactor is created (for comparisons). */
 AX_API int ax_proactor_info(ax_loop_t *loop, ax_proactor_info_t *out);
 
 #ifdef __cplusplus

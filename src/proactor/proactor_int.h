@@ -10,6 +10,7 @@
  *   stream_uring.c the native io_uring driver (recv with a provided buffer
  *                  ring, send, cancellation)
  *   listener.c     listeners, accept batches, the fd-exhaustion policy
+ *   listener_uring.c  multishot accept on io_uring
  *   udp.c          UDP sockets
  *   splice.c       ax_splice
  *   file.c         file operations: io_uring or the blocking thread pool
@@ -235,6 +236,82 @@ struct ax__sext *ax__stream_ext(ax_stream_t *s);
  * or a bad @chain. */
 struct ax__chain *ax__stream_chain(ax_stream_t *s, int chain);
 
+/* ---- listeners (listener.c, listener_uring.c) --------------------------- */
+
+/* How a listener's connections come in: readiness (an I/O source, accept4
+ * in batches; listener.c) or a multishot accept (listener_uring.c). */
+struct ax__ldrv {
+  /* Set up what the driver needs and start accepting (l->fd, the I/O
+   * source and the timer exist). On error (-ENOMEM, -EBUSY: no SQE...)
+   * nothing is left armed and ax_listener_new fails with it. */
+  int (*init)(ax_listener_t *l);
+  /* Accept, or stop accepting, as the listener's state says (closed, user
+   * paused, exhaustion pause). Never calls the user. */
+  void (*sync)(ax_listener_t *l);
+  /* ax_listener_close: let go of what is pending, before the fd closes.
+   * The listener's memory stays while ax__listener_busy() says so. */
+  void (*close)(ax_listener_t *l);
+  /* ax_loop_free, after close: end what is still in flight at once. */
+  void (*fini)(ax_listener_t *l);
+};
+
+extern const struct ax__ldrv ax__ldrv_rd;
+
+/* l->astate: the multishot accept (listener_uring.c). */
+enum {
+  AX__A_LIVE = 0x01,   /* in the kernel: l->aop gets completions */
+  AX__A_CANCEL = 0x02, /* its cancel was queued, or it has ended */
+  AX__A_MORE = 0x04    /* it posted a completion with IORING_CQE_F_MORE */
+};
+
+struct ax_listener {
+  struct ax__list link;   /* px->listeners, until the memory goes */
+  ax_loop_t *loop;
+  const struct ax__ldrv *drv;
+  ax_source_t *io;        /* readiness: the listening socket */
+  ax_source_t *timer;     /* end of an exhaustion pause */
+  int fd;
+  int reserve;            /* /dev/null, given up to shed a connection */
+  ax_accept_cb cb;
+  void *ud;
+  ax_listen_options_t o;
+  uint32_t pause_ms;      /* next pause */
+  int busy;               /* accept callbacks running */
+  bool user_paused, emfile_paused, reported, closed;
+  ax_listener_stats_t st;
+  /* listener_uring.c */
+  struct ax__uop aop;     /* the multishot accept */
+  uint32_t astate;        /* AX__A_* */
+  ax_source_t *kick;      /* defer: hands over the held fds */
+  int *held;              /* accepted while paused: held[hhead..nheld) */
+  uint32_t hhead, nheld, heldcap;
+};
+
+/* Shared by the drivers (listener.c). */
+/* Whether the listener accepts now: not closed, not paused. */
+bool ax__listener_wanted(const ax_listener_t *l);
+/* Connection @fd was accepted from @peer: counted, then the user's. */
+void ax__listener_accepted(ax_listener_t *l, int fd, const ax_addr_t *peer);
+/* An accept failed with @err (not -EAGAIN): the policy at the top of
+ * listener.c. False for a lost connection (the next may be fine), true
+ * when accepting paused (or the listener was closed). */
+bool ax__listener_failed(ax_listener_t *l, int err);
+/* Stop accepting for the next pause (emfile_pause_ms, doubling), without
+ * a word to the user. */
+void ax__listener_backoff(ax_listener_t *l);
+/* Its memory is still needed: a callback runs, or an operation is in the
+ * kernel. */
+bool ax__listener_busy(const ax_listener_t *l);
+/* Closed and no longer busy: free it (else nothing). */
+void ax__listener_release(ax_listener_t *l);
+
+#ifdef AX_HAVE_URING
+extern const struct ax__ldrv ax__ldrv_uring;
+/* The ring was replaced (stream_uring.c's ur_moved): multishot accepts in
+ * flight on the old one get their final completion. */
+void ax__accept_moved(struct ax__px *px);
+#endif
+
 /* ---- per-loop state (px.c) ---------------------------------------------- */
 
 /* Modules with per-loop state, finalized in this order by ax_loop_free. A
@@ -264,6 +341,9 @@ struct ax__px {
   ax_stream_t *sfree;          /* free stream slots */
   struct ax__schunk *schunks;  /* the stream slab's chunks */
   struct ax__list listeners;
+  /* Driver of new listeners: NULL for readiness, &ax__ldrv_uring on a
+   * native loop until the kernel refuses multishot accept. */
+  const struct ax__ldrv *ldrv;
   struct ax__list udps;
   size_t nstreams;
   bool native;                 /* new streams get the native io_uring

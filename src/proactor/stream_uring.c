@@ -1056,6 +1056,7 @@ static void ur_moved(ax_loop_t *loop, void *ctx) {
   finals(loop, &px->streams);
   finals(loop, &px->closing);
   zombie_finals(loop, ur);
+  ax__accept_moved(px); /* the listeners' multishot accepts */
   /* Without its buffers a recv can only end in -ENOBUFS: starved streams
    * then read into the pool (todo_run), slower but on. */
   ur->ring_ok = ring_register(ur) == 0;
@@ -1146,7 +1147,7 @@ static void ur_fini(struct ax__px *px) {
 static void ur_info(struct ax__px *px, ax_proactor_info_t *out) {
   struct ur *ur = px->uring;
   out->buf_ring = ur->ring_ok;
-  out->multishot_accept = false;
+  out->multishot_accept = px->ldrv == &ax__ldrv_uring;
   out->read_bufs_out += ur->held;
   out->read_bufs_idle += BUF_COUNT - ur->held;
 }
@@ -1217,6 +1218,7 @@ bool ax__uring_px_init(struct ax__px *px) {
       ax__uring(loop) == NULL || !kernel_ok() || (ur = ur_new(px)) == NULL)
     return false;
   px->native = true;
+  px->ldrv = &ax__ldrv_uring; /* listeners too (listener_uring.c) */
   px->uring = ur;
   px->fini[AX__PXM_URING] = ur_fini;
   px->info = ur_info;
