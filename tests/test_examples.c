@@ -661,7 +661,7 @@ static long cpu_ticks(pid_t pid) {
   fclose(f);
   buf[n] = 0;
   char *p = strrchr(buf, ')'); /* the command name may hold spaces */
-  unsigned long ut, st;
+  unsigned long ut = 0, st = 0; /* fail_msg does not return, but clang cannot tell */
   if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
     fail_msg("cannot parse %s", path);
   return (long)(ut + st);
