@@ -169,10 +169,23 @@ bool ax__actor_start(ax_actor_t *a) {
   return true;
 }
 
+/* A birth link and monitor (or AX_AID_NONE) go in before the actor can run,
+ * so even an init that fails at once is seen by them. */
+static void actor_birth(ax_actor_t *a, ax_aid_t link, ax_aid_t monitor_by) {
+  if (link)
+    ax__link_add(a, link);
+  if (monitor_by)
+    ax__monitor_add(a, monitor_by);
+}
+
 ax_actor_t *ax__actor_create(struct ax__worker *w, uint32_t slot, uint32_t gen,
-                             const struct ax__spawn *sp) {
+                             const struct ax__spawn *sp, ax_aid_t link,
+                             ax_aid_t monitor_by) {
   ax_actor_t *a = ax__actor_alloc(w, slot, gen, sp);
-  return a && ax__actor_start(a) ? a : NULL;
+  if (!a)
+    return NULL;
+  actor_birth(a, link, monitor_by);
+  return ax__actor_start(a) ? a : NULL;
 }
 
 void ax_spawn_options_init(ax_spawn_options_t *o) {
@@ -215,10 +228,10 @@ int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
   ax_aid_t id = ax__aid(w->idx, gen, slot);
   if (w == here) {
     ax_actor_t *a = ax__actor_alloc(w, slot, gen, &sp);
-    if (a)
-      (void)ax__actor_start(a);
-    else
+    if (!a)
       return -ENOMEM; /* the slot is retired (rare: a lost index) */
+    actor_birth(a, opts->link, opts->monitor_by);
+    (void)ax__actor_start(a);
   } else {
     struct ax__msg *m = ax__msg_new(here);
     if (!m)
@@ -226,20 +239,19 @@ int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
     m->kind = AX__MK_SPAWN;
     m->flags = AX__MF_CONTROL;
     m->to = id;
+    m->m.from = opts->monitor_by; /* installed at birth, see deliver */
+    m->m.ref = opts->link;
     memcpy(m->u.inl, &sp, sizeof sp);
     rc = ax__post(rt, here, m);
     if (rc)
       return rc;
   }
   *out = id;
-  /* Birth links and monitors, sent after the spawn so they queue behind
-   * it (per-pair order). */
+  /* The new actor's side of a birth link and its monitor came with it;
+   * the other side of the link is told after the spawn, so a "noproc"
+   * answer queues behind it. */
   if (opts->link)
-    rc = ax__send_ctl(rt, here, id, opts->link, AX__MK_LINK, NULL, 0),
     (void)ax__send_ctl(rt, here, opts->link, id, AX__MK_LINK, NULL, 0);
-  if (opts->monitor_by)
-    (void)ax__send_ctl(rt, here, id, opts->monitor_by, AX__MK_MONITOR, NULL, 0);
-  (void)rc;
   return 0;
 }
 
