@@ -170,10 +170,14 @@ bool ax__actor_start(ax_actor_t *a) {
 }
 
 /* A birth link and monitor (or AX_AID_NONE) go in before the actor can run,
- * so even an init that fails at once is seen by them. */
+ * so even an init that fails at once is seen by them. The other side of the
+ * link is told from here, as ax_link() does: any exit of the new actor
+ * leaves this thread after it, so it cannot overtake it. */
 static void actor_birth(ax_actor_t *a, ax_aid_t link, ax_aid_t monitor_by) {
-  if (link)
+  if (link) {
     ax__link_add(a, link);
+    (void)ax__send_ctl(a->w->rt, a->w, link, a->id, AX__MK_LINK, NULL, 0);
+  }
   if (monitor_by)
     ax__monitor_add(a, monitor_by);
 }
@@ -247,11 +251,6 @@ int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
       return rc;
   }
   *out = id;
-  /* The new actor's side of a birth link and its monitor came with it;
-   * the other side of the link is told after the spawn, so a "noproc"
-   * answer queues behind it. */
-  if (opts->link)
-    (void)ax__send_ctl(rt, here, opts->link, id, AX__MK_LINK, NULL, 0);
   return 0;
 }
 
