@@ -433,6 +433,21 @@ static void test_cross_worker_senders(void **state) {
   WAIT(atomic_load(&x1.senders_done) == NS);
   long want = (long)x1.total * NS;
   WAIT(atomic_load(&x1.received) >= want);
+  /* Quiet now: the counters agree. */
+  uint64_t actors = 0, spawned = 0, queued = 0, messages = 0, remote = 0;
+  for (unsigned i = 0; i < 3; i++) {
+    ax_worker_stats_t s;
+    assert_int_equal(ax_rt_stats(rt, i, &s), 0);
+    actors += s.actors, spawned += s.spawned, queued += s.queued;
+    messages += s.messages, remote += s.remote_in;
+  }
+  ax_worker_stats_t s;
+  assert_int_equal(ax_rt_stats(rt, 3, &s), -EINVAL);
+  assert_int_equal(actors, 1 + NS_ACT);
+  assert_int_equal(spawned, 1 + NS_ACT);
+  assert_int_equal(queued, 0);
+  assert_true(messages >= (uint64_t)want);
+  assert_true(remote >= (uint64_t)x1.total * (NS - 1)); /* all but w0's */
   ax_rt_free(rt);
   assert_no_act_errors();
   /* After the runtime is gone: nothing more arrived, nothing repeated. */
@@ -1452,6 +1467,54 @@ static void test_offload(void **state) {
   assert_int_equal(atomic_load(&pl_frees), NJOBS + 1);
 }
 
+/* Jobs queued behind a long one when the runtime stops: each argument is
+ * freed exactly once, whether its job ran (the result then reaches a
+ * stopped worker) or not. */
+static struct {
+  atomic_int started, open, ran;
+} x8b;
+
+static void gated_fn(void *arg) {
+  (void)arg;
+  if (atomic_fetch_add(&x8b.started, 1) == 0) {
+    uint64_t t0 = mono_ms();
+    while (!atomic_load(&x8b.open) && mono_ms() - t0 < 5000)
+      sleep_ms(1);
+  }
+  atomic_fetch_add(&x8b.ran, 1);
+}
+
+static void off3_receive(ax_actor_t *self, void *state, ax_msg_t *m) {
+  (void)state;
+  if (m->tag == T_GO)
+    for (int i = 0; i < 5; i++)
+      ACT_CHECK(ax_offload(self, gated_fn, pl_new(8), pl_free, T_DONE) == 0);
+}
+
+static const ax_behaviour_t off3 = {0, NULL, off3_receive, NULL, "off3"};
+
+static void test_offload_at_shutdown(void **state) {
+  (void)state;
+  act_errors_reset();
+  pl_reset();
+  memset(&x8b, 0, sizeof x8b);
+  ax_rt_options_t o;
+  ax_rt_options_init(&o);
+  o.workers = 2;
+  o.offload_threads = 1;
+  ax_rt_t *rt = NULL;
+  assert_int_equal(ax_rt_new(&o, &rt), 0);
+  ax_aid_t a = spawn_on(rt, &off3, NULL, 1);
+  assert_int_equal(ax_rt_send(rt, a, T_GO, NULL, 0), 0);
+  WAIT(atomic_load(&x8b.started) == 1 && atomic_load(&pl_allocs) == 5);
+  ax_rt_stop(rt);
+  atomic_store(&x8b.open, 1);
+  ax_rt_free(rt);
+  assert_no_act_errors();
+  assert_true(atomic_load(&x8b.ran) >= 1);
+  assert_int_equal(atomic_load(&pl_frees), 5);
+}
+
 /* ======================================================================== */
 /* 9. Timers                                                                 */
 /* ======================================================================== */
@@ -1728,6 +1791,14 @@ static void test_spawn_options_kill_stop(void **state) {
   ax_aid_t mid = puppet_on(rt, &m, 0);
 
   /* Argument errors. */
+  ax_rt_options_t ro;
+  ax_rt_options_init(&ro);
+  ro.workers = 257;
+  ax_rt_t *bad = NULL;
+  assert_int_equal(ax_rt_new(&ro, &bad), -EINVAL);
+  assert_null(ax_rt_loop(rt, 2));
+  assert_non_null(ax_rt_loop(rt, 1));
+  assert_int_equal(ax_rt_current_worker(rt), -1);
   ax_spawn_options_t o;
   ax_spawn_options_init(&o);
   assert_int_equal(o.worker, AX_WORKER_SELF);
@@ -1786,6 +1857,26 @@ static void test_spawn_options_kill_stop(void **state) {
   assert_int_equal(atomic_load(&m.down_reason), AX_EXIT_KILLED);
   assert_int_equal(atomic_load(&m.exit_aid), c3id);
   assert_int_equal(atomic_load(&m.exit_reason), AX_EXIT_KILLED);
+
+  /* Born trapping and linked: the other side's failure is a message. */
+  static rec_t q, c4;
+  ax_aid_t qid = puppet_on(rt, &q, 0);
+  ax_spawn_options_init(&o);
+  o.worker = 1;
+  o.trap_exit = true;
+  o.link = qid;
+  ax_aid_t c4id;
+  memset(&c4, 0, sizeof c4);
+  assert_int_equal(ax_spawn(rt, &puppet, &c4, &o, &c4id), 0);
+  WAIT(atomic_load(&c4.inits) == 1);
+  flush_from(rt, 1, &q, qid); /* the birth link reached q */
+  cmd_send(rt, &q, qid, T_EXIT, 0, AX_EXIT_ERROR);
+  WAIT(atomic_load(&c4.exits) == 1);
+  assert_int_equal(atomic_load(&c4.exit_aid), qid);
+  assert_int_equal(atomic_load(&c4.exit_reason), AX_EXIT_ERROR);
+  cmd_send(rt, &c4, c4id, T_PING, 0, 0);
+  WAIT(atomic_load(&c4.pings) == 1);
+  assert_int_equal(atomic_load(&c4.terms), 0);
 
   /* ax_rt_dump: a line per worker. */
   char *buf = NULL;
@@ -1927,6 +2018,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_requests, guard_setup,
                                       guard_teardown),
       cmocka_unit_test_setup_teardown(test_offload, guard_setup,
+                                      guard_teardown),
+      cmocka_unit_test_setup_teardown(test_offload_at_shutdown, guard_setup,
                                       guard_teardown),
       cmocka_unit_test_setup_teardown(test_timers, guard_setup,
                                       guard_teardown),
