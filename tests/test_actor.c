@@ -875,10 +875,37 @@ static void test_links(void **state) {
 /* Exit during a send storm: senders on the other workers keep sending
  * moved payloads to the target until they are told it is gone. */
 static struct {
-  _Atomic ax_aid_t target;
-  atomic_long sent, received;
-  atomic_int senders_done;
+  _Atomic ax_aid_t target, tenant;
+  atomic_long sent, received, tenant_data;
+  atomic_int senders_done, same_slot;
 } x4;
+
+/* The next tenant of the target's slot, spawned the moment it is free
+ * while the storm's messages are still in flight: none may reach it. */
+static void tenant_receive(ax_actor_t *self, void *state, ax_msg_t *m) {
+  (void)self, (void)state, (void)m;
+  atomic_fetch_add(&x4.tenant_data, 1);
+}
+
+static const ax_behaviour_t tenant = {0, NULL, tenant_receive, NULL, "tenant"};
+
+static int respawner_init(ax_actor_t *self, void *state, void *arg) {
+  (void)state, (void)arg;
+  return ax_monitor(self, atomic_load(&x4.target));
+}
+
+static void respawner_receive(ax_actor_t *self, void *state, ax_msg_t *m) {
+  (void)state;
+  ACT_CHECK(m->tag == AX_TAG_DOWN);
+  ax_aid_t old = atomic_load(&x4.target), id = AX_AID_NONE;
+  ACT_CHECK(ax_spawn(ax_actor_rt(self), &tenant, NULL, NULL, &id) == 0);
+  atomic_store(&x4.same_slot, ax__aid_slot(id) == ax__aid_slot(old) &&
+                                  ax__aid_worker(id) == ax__aid_worker(old));
+  atomic_store(&x4.tenant, id);
+}
+
+static const ax_behaviour_t respawner = {0, respawner_init, respawner_receive,
+                                         NULL, "respawner"};
 
 static void storm_receive(ax_actor_t *self, void *state, ax_msg_t *m) {
   (void)state;
@@ -919,6 +946,7 @@ static void test_exit_during_storm(void **state) {
   ax_aid_t target = spawn_on(rt, &storm, NULL, 0);
   atomic_store(&x4.target, target);
   assert_int_equal(cmd_send(rt, &w, wid, T_MON, target, 0), 0);
+  spawn_on(rt, &respawner, NULL, 0);
   ax_aid_t snd[4];
   for (int i = 0; i < 4; i++) {
     snd[i] = spawn_on(rt, &storm, NULL, 1 + i % 2);
@@ -929,12 +957,15 @@ static void test_exit_during_storm(void **state) {
   WAIT(atomic_load(&x4.senders_done) == 4);
   WAIT(atomic_load(&w.downs) == 1);
   assert_int_equal(atomic_load(&w.down_reason), AX_EXIT_KILLED);
+  WAIT(atomic_load(&x4.tenant) != AX_AID_NONE);
+  assert_true(atomic_load(&x4.same_slot));
   /* Every sent payload delivered or dead, freed once either way. */
   WAIT(atomic_load(&pl_frees) == atomic_load(&pl_allocs));
   long dl = (long)dead_letters(rt);
   ax_rt_free(rt);
   assert_no_act_errors();
   assert_int_equal(atomic_load(&w.downs), 1);
+  assert_int_equal(atomic_load(&x4.tenant_data), 0);
   assert_int_equal(atomic_load(&pl_frees), atomic_load(&pl_allocs));
   long sent = atomic_load(&x4.sent), recv = atomic_load(&x4.received);
   assert_true(recv <= sent);
