@@ -169,10 +169,27 @@ bool ax__actor_start(ax_actor_t *a) {
   return true;
 }
 
+/* A birth link and monitor (or AX_AID_NONE) go in before the actor can run,
+ * so even an init that fails at once is seen by them. The other side of the
+ * link is told from here, as ax_link() does: any exit of the new actor
+ * leaves this thread after it, so it cannot overtake it. */
+static void actor_birth(ax_actor_t *a, ax_aid_t link, ax_aid_t monitor_by) {
+  if (link) {
+    ax__link_add(a, link);
+    (void)ax__send_ctl(a->w->rt, a->w, link, a->id, AX__MK_LINK, NULL, 0);
+  }
+  if (monitor_by)
+    ax__monitor_add(a, monitor_by);
+}
+
 ax_actor_t *ax__actor_create(struct ax__worker *w, uint32_t slot, uint32_t gen,
-                             const struct ax__spawn *sp) {
+                             const struct ax__spawn *sp, ax_aid_t link,
+                             ax_aid_t monitor_by) {
   ax_actor_t *a = ax__actor_alloc(w, slot, gen, sp);
-  return a && ax__actor_start(a) ? a : NULL;
+  if (!a)
+    return NULL;
+  actor_birth(a, link, monitor_by);
+  return ax__actor_start(a) ? a : NULL;
 }
 
 void ax_spawn_options_init(ax_spawn_options_t *o) {
@@ -215,10 +232,10 @@ int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
   ax_aid_t id = ax__aid(w->idx, gen, slot);
   if (w == here) {
     ax_actor_t *a = ax__actor_alloc(w, slot, gen, &sp);
-    if (a)
-      (void)ax__actor_start(a);
-    else
+    if (!a)
       return -ENOMEM; /* the slot is retired (rare: a lost index) */
+    actor_birth(a, opts->link, opts->monitor_by);
+    (void)ax__actor_start(a);
   } else {
     struct ax__msg *m = ax__msg_new(here);
     if (!m)
@@ -226,6 +243,8 @@ int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
     m->kind = AX__MK_SPAWN;
     m->flags = AX__MF_CONTROL;
     m->to = id;
+    m->m.from = opts->monitor_by; /* installed at birth, see deliver */
+    m->m.ref = opts->link;
     memcpy(m->u.inl, &sp, sizeof sp);
     /* Pushed now, not batched: the id may travel (in a message through
      * another worker) and come back to the new actor's worker before our
@@ -240,14 +259,6 @@ int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
     }
   }
   *out = id;
-  /* Birth links and monitors, sent after the spawn so they queue behind
-   * it (per-pair order). */
-  if (opts->link)
-    rc = ax__send_ctl(rt, here, id, opts->link, AX__MK_LINK, NULL, 0),
-    (void)ax__send_ctl(rt, here, opts->link, id, AX__MK_LINK, NULL, 0);
-  if (opts->monitor_by)
-    (void)ax__send_ctl(rt, here, id, opts->monitor_by, AX__MK_MONITOR, NULL, 0);
-  (void)rc;
   return 0;
 }
 

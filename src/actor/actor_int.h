@@ -260,7 +260,8 @@ void ax__actor_exit_now(ax_actor_t *a); /* owner thread, not running */
 void ax__actor_mark_exit(ax_actor_t *a, int reason);
 void ax__worker_sched(ax_source_t *src, void *data);
 ax_actor_t *ax__actor_create(struct ax__worker *w, uint32_t slot,
-                             uint32_t gen, const struct ax__spawn *sp);
+                             uint32_t gen, const struct ax__spawn *sp,
+                             ax_aid_t link, ax_aid_t monitor_by);
 ax_actor_t *ax__actor_alloc(struct ax__worker *w, uint32_t slot, uint32_t gen,
                             const struct ax__spawn *sp);
 bool ax__actor_start(ax_actor_t *a);

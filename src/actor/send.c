@@ -318,9 +318,11 @@ void ax__deliver(struct ax__worker *w, struct ax__msg *m) {
   if (m->kind == AX__MK_SPAWN) {
     struct ax__spawn sp;
     ax_aid_t id = m->to;
+    ax_aid_t link = (ax_aid_t)m->m.ref, monitor_by = m->m.from;
     memcpy(&sp, m->u.inl, sizeof sp);
     ax__msg_free(w, m);
-    (void)ax__actor_create(w, ax__aid_slot(id), ax__aid_gen(id), &sp);
+    (void)ax__actor_create(w, ax__aid_slot(id), ax__aid_gen(id), &sp, link,
+                           monitor_by);
     return;
   }
   if (m->kind == AX__MK_CONN) {
