@@ -117,9 +117,11 @@ typedef struct ax_msg {
 /**
  * ax_msg_take() - keep a message's payload past the receive callback.
  * Returns the payload, now owned by the caller: a moved payload as it was
- * sent (free it with its free function), a copied one in a fresh malloc()
- * block (free()). NULL for an empty payload or when out of memory (then
- * the message keeps it). Call from the receive callback only.
+ * sent (free it with its free function), a copied one in a malloc() block
+ * (free() it; a copy of more than AX_MSG_INLINE bytes is handed over as
+ * is, a smaller one is copied out of the message). NULL for an empty
+ * payload or when out of memory (then the message keeps it). Call from the
+ * receive callback only.
  */
 AX_API void *ax_msg_take(ax_msg_t *m);
 
@@ -133,7 +135,10 @@ AX_API void *ax_msg_take(ax_msg_t *m);
  *   state pointer is the spawn argument itself).
  * @init: runs first, before any message, with the spawn argument; return
  *   < 0 to fail: the actor exits with AX_EXIT_ERROR (terminate still runs).
- *   May be NULL.
+ *   It runs exactly once for every successful ax_spawn(), even when the
+ *   actor is killed or its worker stops before its first turn (it is where
+ *   the argument is taken over); the exit follows right after. May be
+ *   NULL.
  * @receive: one message. Required.
  * @terminate: runs exactly once when the actor ends, whatever the reason
  *   (its exit, a kill, a link, the runtime's stop), after which its
@@ -198,8 +203,10 @@ AX_API int ax_rt_join(ax_rt_t *rt);
 
 /**
  * ax_rt_free() - stop, join and free the runtime: the messages still
- * queued anywhere are freed, the loops closed. Not from a worker thread.
- * No other thread may use @rt once this begins.
+ * queued anywhere are freed, the loops closed (a backlog of millions of
+ * messages takes seconds to free: a mailbox bound is per actor, and
+ * senders are not limited in how many actors they fill). Not from a worker
+ * thread. No other thread may use @rt once this begins.
  */
 AX_API void ax_rt_free(ax_rt_t *rt);
 
@@ -233,8 +240,9 @@ AX_API void ax_spawn_options_init(ax_spawn_options_t *o);
  * and argument @arg, and return its id in @out at once: messages may be
  * sent to it right away (they queue behind its init). init runs on the
  * actor's worker before any message. Thread-safe.
- * Errors: -EINVAL (no receive, bad worker), -ENOMEM, -ESHUTDOWN (the
- * runtime is stopping), -EAGAIN (the destination worker's mailbox is full).
+ * A spawn is a control message: never refused for capacity.
+ * Errors: -EINVAL (no receive, bad worker), -ENOMEM (also: the worker's
+ * 16 M slots are used up), -ESHUTDOWN (the runtime is stopping).
  */
 AX_API int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
                     const ax_spawn_options_t *opts, ax_aid_t *out);
@@ -338,7 +346,8 @@ AX_API int ax_monitor(ax_actor_t *self, ax_aid_t target);
  * AX_EXIT_NOPROC.
  */
 AX_API int ax_link(ax_actor_t *self, ax_aid_t other);
-/** Remove a link both ways (no exit crosses it afterwards). */
+/** Remove a link both ways (no exit crosses it afterwards). -ENOENT if
+ *  there is no such link. */
 AX_API int ax_unlink(ax_actor_t *self, ax_aid_t other);
 
 /* ------------------------------------------------------------------------ */
@@ -361,7 +370,9 @@ AX_API int ax_group_leave(ax_group_t *g, ax_actor_t *self);
  * sender @self included if it is a member, unless @skip_self). One copy of
  * the payload is shared by all (read-only), and one mailbox push per
  * worker carries it there. Members whose mailbox is full miss it (counted
- * as refused). @self may be NULL. Returns the number of members reached.
+ * as refused). @self may be NULL. Returns the number of members it was
+ * sent to (for members on other workers: handed to their worker; one that
+ * left or is full by the time it arrives misses it), or a negative error.
  */
 AX_API int ax_group_send(ax_group_t *g, ax_actor_t *self, bool skip_self,
                          uint32_t tag, const void *data, size_t len);
@@ -377,7 +388,8 @@ AX_API unsigned ax_group_size(const ax_group_t *g);
  * receives @tag with m->data == @arg (moved: freed with @free_fn after the
  * receive callback unless taken). If self is gone by then, @arg is freed
  * with @free_fn. Jobs not started when the runtime stops are not run: @arg
- * is freed. Errors: -ENOMEM, -ESHUTDOWN.
+ * is freed. Errors: -EINVAL, -ENOMEM, -ESHUTDOWN, -EAGAIN (no pool thread
+ * could be started).
  */
 AX_API int ax_offload(ax_actor_t *self, void (*fn)(void *arg), void *arg,
                       void (*free_fn)(void *), uint32_t tag);

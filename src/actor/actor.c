@@ -412,9 +412,11 @@ static void slot_free(struct ax__worker *w, ax_actor_t *a) {
 void ax__actor_exit_now(ax_actor_t *a) {
   struct ax__worker *w = a->w;
   a->flags |= AX__AF_EXITING | AX__AF_RUNNING;
-  if ((a->flags & AX__AF_INIT) && (a->flags & AX__AF_CONN))
-    ax__conn_init_done(a, a->arg); /* init never ran: its argument goes */
-  a->flags &= ~AX__AF_INIT;
+  /* Every actor's init runs once, even one that ends before its first
+   * turn (a kill, a stopping worker): it is where the spawn argument is
+   * taken over, so skipping it could leak what the argument holds. */
+  if (a->flags & AX__AF_INIT)
+    run_init(a);
   if (a->beh->terminate)
     a->beh->terminate(a, a->state, a->reason);
   if (a->ext) {
