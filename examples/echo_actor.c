@@ -55,8 +55,9 @@ static int conn_init(ax_actor_t *self, void *state, void *arg) {
   return ax_stream_read_start(s, on_read); /* < 0: the actor ends at once */
 }
 
-static void conn_receive(ax_actor_t *self, void *state, ax_msg_t *m) {
-  (void)self, (void)state, (void)m; /* nobody sends it anything */
+/* Nobody sends it anything: the stream's callbacks do the work. */
+static void conn_receive(ax_actor_t *self, void *st, ax_msg_t *m) {
+  (void)self, (void)st, (void)m;
 }
 
 /* The index of @v in @names (NULL-terminated), or -1. */
@@ -68,10 +69,9 @@ static int lookup(const char *v, const char *const *names) {
 
 static int parse_args(int argc, char **argv, unsigned *port, ax_rt_options_t *ro,
                       ax_place_t *place) {
+  /* In the enums' order (ax_backend_t after AX_BACKEND_AUTO, ax_place_t). */
   static const char *const be[] = {"epoll", "poll", "select", "io_uring", NULL};
-  static const char *const pl[] = {"rr", "least", "reuseport", NULL}; /* ax_place_t */
-  static const ax_backend_t ids[] = {AX_BACKEND_EPOLL, AX_BACKEND_POLL, AX_BACKEND_SELECT,
-                                     AX_BACKEND_URING};
+  static const char *const pl[] = {"rr", "least", "reuseport", NULL};
   for (int i = 1; i + 1 < argc; i += 2) {
     char *v = argv[i + 1], *e;
     unsigned long n = strtoul(v, &e, 10);
@@ -81,7 +81,7 @@ static int parse_args(int argc, char **argv, unsigned *port, ax_rt_options_t *ro
     else if (strcmp(argv[i], "--workers") == 0 && !*e && n >= 1 && n <= 256)
       ro->workers = (unsigned)n;
     else if (strcmp(argv[i], "--backend") == 0 && (k = lookup(v, be)) >= 0)
-      ro->backend = ids[k];
+      ro->backend = (ax_backend_t)(AX_BACKEND_EPOLL + k);
     else if (strcmp(argv[i], "--place") == 0 && (k = lookup(v, pl)) >= 0)
       *place = (ax_place_t)k;
     else
@@ -91,15 +91,17 @@ static int parse_args(int argc, char **argv, unsigned *port, ax_rt_options_t *ro
 }
 
 int main(int argc, char **argv) {
-  static const ax_behaviour_t conn = {.init = conn_init, .receive = conn_receive, .name = "echo"};
+  static const ax_behaviour_t conn = {
+      .init = conn_init, .receive = conn_receive, .name = "echo"};
   ax_rt_options_t ro;
   ax_acceptor_options_t ao;
   ax_rt_options_init(&ro);
   ax_acceptor_options_init(&ao);
   unsigned port = 0;
   if (parse_args(argc, argv, &port, &ro, &ao.place) < 0) {
-    fprintf(stderr, "usage: %s [--port P] [--workers N] [--backend epoll|poll|select|io_uring]"
-                    " [--place rr|least|reuseport]\n", argv[0]);
+    fprintf(stderr, "usage: %s [--port P] [--workers N]"
+                    " [--backend epoll|poll|select|io_uring] [--place rr|least|reuseport]\n",
+            argv[0]);
     return 2;
   }
   ro.stop_on_signals = true; /* SIGINT, SIGTERM: ax_rt_stop(), then join returns */
