@@ -99,9 +99,8 @@ int main(int argc, char **argv) {
   ax_acceptor_options_init(&ao);
   unsigned port = 0;
   if (parse_args(argc, argv, &port, &ro, &ao.place) < 0) {
-    fprintf(stderr, "usage: %s [--port P] [--workers N]"
-                    " [--backend epoll|poll|select|io_uring] [--place rr|least|reuseport]\n",
-            argv[0]);
+    fprintf(stderr, "usage: %s [--port P] [--workers N] [--backend epoll|poll|select|"
+                    "io_uring] [--place rr|least|reuseport]\n", argv[0]);
     return 2;
   }
   ro.stop_on_signals = true; /* SIGINT, SIGTERM: ax_rt_stop(), then join returns */
