@@ -38,7 +38,9 @@
 
 extern char **environ;
 
-static int64_t now_ms(void) { return (int64_t)mono_ms(); }
+static int64_t now_ms(void) {
+  return (int64_t)mono_ms();
+}
 
 static void sleep_ms(int ms) {
   struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -63,14 +65,17 @@ struct child {
 static struct child children[MAX_CHILDREN];
 
 static void close_fd(int *fd) {
-  if (*fd >= 0) close(*fd);
+  if (*fd >= 0)
+    close(*fd);
   *fd = -1;
 }
 
 static void child_release(struct child *c) {
-  if (!c->used) return;
+  if (!c->used)
+    return;
   close_fd(&c->out);
-  if (c->err[0]) unlink(c->err);
+  if (c->err[0])
+    unlink(c->err);
   free(c->acc);
   memset(c, 0, sizeof *c);
 }
@@ -91,16 +96,19 @@ static const char *status_str(int st, char *buf, size_t len) {
 static struct child *spawn(char *const argv[], int nofile) {
   struct child *c = NULL;
   for (int i = 0; i < MAX_CHILDREN && !c; i++)
-    if (!children[i].used) c = &children[i];
+    if (!children[i].used)
+      c = &children[i];
   assert_non_null(c);
   if (access(argv[0], X_OK) != 0)
     fail_msg("%s: %s (build the examples first)", argv[0], strerror(errno));
   size_t n = 0, k = 0;
-  while (environ[n]) n++;
+  while (environ[n])
+    n++;
   char **envp = calloc(n + 1, sizeof *envp);
   assert_non_null(envp);
   for (size_t i = 0; i < n; i++)
-    if (strncmp(environ[i], "AXON_BACKEND=", 13) != 0) envp[k++] = environ[i];
+    if (strncmp(environ[i], "AXON_BACKEND=", 13) != 0)
+      envp[k++] = environ[i];
   snprintf(c->err, sizeof c->err, "/tmp/axon-acc-err-XXXXXX");
   int efd = mkostemp(c->err, O_CLOEXEC);
   int in = open("/dev/null", O_RDONLY | O_CLOEXEC), out[2] = {-1, -1};
@@ -120,8 +128,10 @@ static struct child *spawn(char *const argv[], int nofile) {
     sigprocmask(SIG_SETMASK, &none, NULL);
     signal(SIGPIPE, SIG_DFL);
     struct rlimit rl = {(rlim_t)nofile, (rlim_t)nofile};
-    if (nofile > 0 && setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(125);
-    if (dup2(in, 0) < 0 || dup2(out[1], 1) < 0 || dup2(efd, 2) < 0) _exit(126);
+    if (nofile > 0 && setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      _exit(125);
+    if (dup2(in, 0) < 0 || dup2(out[1], 1) < 0 || dup2(efd, 2) < 0)
+      _exit(126);
     execve(argv[0], argv, envp);
     _exit(127);
   }
@@ -146,8 +156,10 @@ static int child_wait(struct child *c, int timeout_ms) {
   int st = 0;
   for (;;) {
     pid_t r = waitpid(c->pid, &st, WNOHANG);
-    if (r == c->pid) break;
-    if (r < 0 && errno != EINTR) fail_msg("waitpid: %s", strerror(errno));
+    if (r == c->pid)
+      break;
+    if (r < 0 && errno != EINTR)
+      fail_msg("waitpid: %s", strerror(errno));
     if (now_ms() > deadline) {
       kill(c->pid, SIGKILL);
       waitpid(c->pid, &st, 0);
@@ -179,16 +191,23 @@ static bool child_read(struct child *c, int64_t deadline) {
     assert_non_null(c->acc);
   }
   int64_t left = deadline - now_ms();
-  if (left < 0) return false;
+  if (left < 0)
+    return false;
   struct pollfd p = {.fd = c->out, .events = POLLIN};
   int r = poll(&p, 1, (int)left);
-  if (r < 0 && errno == EINTR) return true;
-  if (r < 0) fail_msg("poll: %s", strerror(errno));
-  if (r == 0) return false;
+  if (r < 0 && errno == EINTR)
+    return true;
+  if (r < 0)
+    fail_msg("poll: %s", strerror(errno));
+  if (r == 0)
+    return false;
   ssize_t n = read(c->out, c->acc + c->len, c->cap - c->len);
-  if (n < 0 && errno != EINTR) fail_msg("read child stdout: %s", strerror(errno));
-  if (n == 0) c->eof = true;
-  if (n > 0) c->len += (size_t)n;
+  if (n < 0 && errno != EINTR)
+    fail_msg("read child stdout: %s", strerror(errno));
+  if (n == 0)
+    c->eof = true;
+  if (n > 0)
+    c->len += (size_t)n;
   return true;
 }
 
@@ -205,8 +224,10 @@ static void child_line(struct child *c, char *buf, size_t size, int timeout_ms) 
       memmove(c->acc, nl + 1, c->len);
       return;
     }
-    if (c->eof) fail_msg("child closed stdout before a full line (%zu bytes)", c->len);
-    if (!child_read(c, deadline)) fail_msg("no line from child within %d ms", timeout_ms);
+    if (c->eof)
+      fail_msg("child closed stdout before a full line (%zu bytes)", c->len);
+    if (!child_read(c, deadline))
+      fail_msg("no line from child within %d ms", timeout_ms);
   }
 }
 
@@ -257,7 +278,8 @@ static void clients_alloc(size_t n) {
   g_pollfds = calloc(n, sizeof *g_pollfds);
   assert_non_null(g_clients);
   assert_non_null(g_pollfds);
-  for (size_t i = 0; i < n; i++) g_clients[i].fd = -1;
+  for (size_t i = 0; i < n; i++)
+    g_clients[i].fd = -1;
   g_nclients = n;
 }
 
@@ -272,7 +294,8 @@ static void clients_make(size_t n, size_t min, size_t max, uint64_t seed, int ha
     cl->tosend = cl->expect = min + (max > min ? xorshift(&s) % (max - min + 1) : 0);
     cl->data = malloc(cl->tosend ? cl->tosend : 1);
     assert_non_null(cl->data);
-    for (size_t j = 0; j < cl->tosend; j++) cl->data[j] = (unsigned char)(xorshift(&s) >> 24);
+    for (size_t j = 0; j < cl->tosend; j++)
+      cl->data[j] = (unsigned char)(xorshift(&s) >> 24);
     cl->want = cl->data;
     cl->half_close = cl->want_eof = half == 1 || (half == 2 && i % 2 == 1);
   }
@@ -283,7 +306,8 @@ static int connect_nb(unsigned port) {
   struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) fail_msg("socket: %s", strerror(errno));
+  if (fd < 0)
+    fail_msg("socket: %s", strerror(errno));
   if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) {
     int err = errno;
     close(fd);
@@ -295,12 +319,15 @@ static int connect_nb(unsigned port) {
 static void client_send(struct client *cl, size_t i) {
   size_t left = cl->tosend - cl->sent;
   ssize_t w =
-      left ? send(cl->fd, cl->data + cl->sent, left < 65536 ? left : 65536, MSG_NOSIGNAL) : 0;
+      left ? send(cl->fd, cl->data + cl->sent, left < 65536 ? left : 65536, MSG_NOSIGNAL)
+           : 0;
   if (w < 0 && errno != EAGAIN && errno != EINTR)
     fail_msg("client %zu: send after %zu bytes: %s", i, cl->sent, strerror(errno));
-  if (w > 0) cl->sent += (size_t)w;
+  if (w > 0)
+    cl->sent += (size_t)w;
   if (cl->sent == cl->tosend && cl->half_close && !cl->shut) {
-    if (shutdown(cl->fd, SHUT_WR) != 0) fail_msg("client %zu: shutdown: %s", i, strerror(errno));
+    if (shutdown(cl->fd, SHUT_WR) != 0)
+      fail_msg("client %zu: shutdown: %s", i, strerror(errno));
     cl->shut = true;
   }
 }
@@ -308,7 +335,8 @@ static void client_send(struct client *cl, size_t i) {
 static void client_recv(struct client *cl, size_t i) {
   static unsigned char buf[65536];
   ssize_t r = recv(cl->fd, buf, sizeof buf, 0);
-  if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
+  if (r < 0 && (errno == EAGAIN || errno == EINTR))
+    return;
   if (r < 0)
     fail_msg("client %zu: recv after %zu of %zu bytes: %s", i, cl->recvd, cl->expect,
              strerror(errno));
@@ -320,54 +348,65 @@ static void client_recv(struct client *cl, size_t i) {
     return;
   }
   if (cl->recvd + (size_t)r > cl->expect)
-    fail_msg("client %zu: %zu bytes received, only %zu expected", i, cl->recvd + (size_t)r,
-             cl->expect);
+    fail_msg("client %zu: %zu bytes received, only %zu expected", i,
+             cl->recvd + (size_t)r, cl->expect);
   for (ssize_t j = 0; j < r; j++)
     if (buf[j] != cl->want[cl->recvd + (size_t)j])
-      fail_msg("client %zu: byte %zu is 0x%02x, want 0x%02x", i, cl->recvd + (size_t)j, buf[j],
-               cl->want[cl->recvd + (size_t)j]);
+      fail_msg("client %zu: byte %zu is 0x%02x, want 0x%02x", i, cl->recvd + (size_t)j,
+               buf[j], cl->want[cl->recvd + (size_t)j]);
   cl->recvd += (size_t)r;
-  if (cl->recvd == cl->expect && !cl->want_eof) cl->done = true;
+  if (cl->recvd == cl->expect && !cl->want_eof)
+    cl->done = true;
 }
 
 /* Run every client against 127.0.0.1:@port at once until all are done. */
 static void clients_run(unsigned port, int timeout_ms) {
   size_t n = g_nclients, left = n;
   struct pollfd *p = g_pollfds;
-  for (size_t i = 0; i < n; i++) g_clients[i].fd = connect_nb(port);
+  for (size_t i = 0; i < n; i++)
+    g_clients[i].fd = connect_nb(port);
   int64_t deadline = now_ms() + timeout_ms;
   while (left > 0) {
     for (size_t i = 0; i < n; i++) {
       struct client *cl = &g_clients[i];
       p[i].fd = cl->done ? -1 : cl->fd;
       p[i].events = !cl->connected || cl->sent < cl->tosend ? POLLOUT : 0;
-      if (cl->connected) p[i].events |= POLLIN;
+      if (cl->connected)
+        p[i].events |= POLLIN;
       p[i].revents = 0;
     }
     int64_t wait = deadline - now_ms();
     int r = wait < 0 ? 0 : poll(p, n, wait > 1000 ? 1000 : (int)wait);
-    if (r < 0 && errno != EINTR) fail_msg("poll: %s", strerror(errno));
+    if (r < 0 && errno != EINTR)
+      fail_msg("poll: %s", strerror(errno));
     if (wait < 0) {
       size_t i = 0;
-      while (g_clients[i].done) i++;
-      fail_msg("%zu of %zu clients unfinished after %d ms (client %zu: sent %zu of %zu, got "
-               "%zu of %zu)",
-               left, n, timeout_ms, i, g_clients[i].sent, g_clients[i].tosend, g_clients[i].recvd,
-               g_clients[i].expect);
+      while (g_clients[i].done)
+        i++;
+      fail_msg(
+          "%zu of %zu clients unfinished after %d ms (client %zu: sent %zu of %zu, got "
+          "%zu of %zu)",
+          left, n, timeout_ms, i, g_clients[i].sent, g_clients[i].tosend,
+          g_clients[i].recvd, g_clients[i].expect);
     }
     for (size_t i = 0; r > 0 && i < n; i++) {
       struct client *cl = &g_clients[i];
-      if (!p[i].revents) continue;
+      if (!p[i].revents)
+        continue;
       if (!cl->connected) {
         int err = 0;
         socklen_t len = sizeof err;
-        if (getsockopt(cl->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-        if (err) fail_msg("client %zu: connect: %s", i, strerror(err));
+        if (getsockopt(cl->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0)
+          err = errno;
+        if (err)
+          fail_msg("client %zu: connect: %s", i, strerror(err));
         cl->connected = true;
         client_send(cl, i); /* a reader shuts at once if it must */
       }
-      if ((p[i].revents & POLLOUT) && cl->sent < cl->tosend) client_send(cl, i);
-      if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) client_recv(cl, i);
+      if ((p[i].revents & POLLOUT) && cl->sent < cl->tosend)
+        client_send(cl, i);
+      if (p[i].revents & (POLLIN | POLLHUP | POLLERR))
+        client_recv(cl, i);
       if (cl->done) {
         close_fd(&cl->fd);
         left--;
@@ -383,7 +422,8 @@ static size_t echo_roundtrip(unsigned port, size_t n, size_t min, size_t max, in
   size_t total = 0;
   clients_make(n, min, max, ++seed, half);
   clients_run(port, 60000);
-  for (size_t i = 0; i < n; i++) total += g_clients[i].tosend;
+  for (size_t i = 0; i < n; i++)
+    total += g_clients[i].tosend;
   clients_free();
   return total;
 }
@@ -416,11 +456,14 @@ static long rss_kib(pid_t pid) {
   long kib = -1;
   snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
   FILE *f = fopen(path, "r");
-  if (!f) fail_msg("%s: %s", path, strerror(errno));
+  if (!f)
+    fail_msg("%s: %s", path, strerror(errno));
   while (kib < 0 && fgets(line, sizeof line, f))
-    if (sscanf(line, "VmRSS: %ld kB", &kib) != 1) kib = -1;
+    if (sscanf(line, "VmRSS: %ld kB", &kib) != 1)
+      kib = -1;
   fclose(f);
-  if (kib < 0) fail_msg("no VmRSS in %s", path);
+  if (kib < 0)
+    fail_msg("no VmRSS in %s", path);
   return kib;
 }
 
@@ -429,9 +472,11 @@ static int fds_of(pid_t pid) {
   char path[64];
   snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
   DIR *d = opendir(path);
-  if (!d) fail_msg("%s: %s", path, strerror(errno));
+  if (!d)
+    fail_msg("%s: %s", path, strerror(errno));
   int n = 0;
-  for (struct dirent *e; (e = readdir(d)) != NULL;) n += e->d_name[0] != '.';
+  for (struct dirent *e; (e = readdir(d)) != NULL;)
+    n += e->d_name[0] != '.';
   closedir(d);
   return n;
 }
@@ -440,7 +485,8 @@ static int fds_of(pid_t pid) {
 static int fds_settle(pid_t pid, int n, int ms) {
   int64_t deadline = now_ms() + ms;
   int have;
-  while ((have = fds_of(pid)) != n && now_ms() < deadline) sleep_ms(10);
+  while ((have = fds_of(pid)) != n && now_ms() < deadline)
+    sleep_ms(10);
   return have;
 }
 
@@ -449,10 +495,12 @@ static int fds_settle(pid_t pid, int n, int ms) {
 static void expect_eof(int fd, int ms, const char *who) {
   struct pollfd p = {.fd = fd, .events = POLLIN};
   char b;
-  if (poll(&p, 1, ms) != 1) fail_msg("%s: no EOF within %d ms", who, ms);
+  if (poll(&p, 1, ms) != 1)
+    fail_msg("%s: no EOF within %d ms", who, ms);
   ssize_t r = recv(fd, &b, 1, MSG_DONTWAIT);
   if (r != 0)
-    fail_msg("%s: want EOF, recv returned %zd (%s)", who, r, r < 0 ? strerror(errno) : "a byte");
+    fail_msg("%s: want EOF, recv returned %zd (%s)", who, r,
+             r < 0 ? strerror(errno) : "a byte");
 }
 /* ------------------------------------------------------------------------ */
 /* In process: a runtime, an acceptor, blocking clients                      */
@@ -472,13 +520,15 @@ static ax_rt_t *rt_start(unsigned workers) {
   o.backend = ax_test_backend;
   ax_rt_t *rt = NULL;
   int rc = ax_rt_new(&o, &rt);
-  if (rc) fail_msg("ax_rt_new: %s", ax_strerror(rc));
+  if (rc)
+    fail_msg("ax_rt_new: %s", ax_strerror(rc));
   return rt;
 }
 
 /* ax_listen on 127.0.0.1:0; returns the acceptor, its port in *@port. */
-static ax_acceptor_t *listen_local_rt(ax_rt_t *rt, ax_place_t place, const ax_behaviour_t *b,
-                                      void *arg, unsigned *port) {
+static ax_acceptor_t *listen_local_rt(ax_rt_t *rt, ax_place_t place,
+                                      const ax_behaviour_t *b, void *arg,
+                                      unsigned *port) {
   ax_acceptor_options_t o;
   ax_acceptor_options_init(&o);
   o.place = place;
@@ -487,7 +537,8 @@ static ax_acceptor_t *listen_local_rt(ax_rt_t *rt, ax_place_t place, const ax_be
   ax_acceptor_t *acc = NULL;
   assert_int_equal(ax_addr_ip("127.0.0.1", 0, &a), 0);
   int rc = ax_listen(rt, &a, b, &o, &acc);
-  if (rc) fail_msg("ax_listen: %s", ax_strerror(rc));
+  if (rc)
+    fail_msg("ax_listen: %s", ax_strerror(rc));
   assert_int_equal(ax_acceptor_addr(acc, &a), 0);
   *port = ax_addr_port(&a);
   assert_true(*port > 0);
@@ -498,9 +549,11 @@ static ax_acceptor_t *listen_local_rt(ax_rt_t *rt, ax_place_t place, const ax_be
 static unsigned char read_byte(int fd, int ms) {
   struct pollfd p = {.fd = fd, .events = POLLIN};
   unsigned char b;
-  if (poll(&p, 1, ms) != 1) fail_msg("no byte within %d ms", ms);
+  if (poll(&p, 1, ms) != 1)
+    fail_msg("no byte within %d ms", ms);
   ssize_t r = recv(fd, &b, 1, MSG_DONTWAIT);
-  if (r != 1) fail_msg("want a byte, recv returned %zd (%s)", r, r < 0 ? strerror(errno) : "EOF");
+  if (r != 1)
+    fail_msg("want a byte, recv returned %zd (%s)", r, r < 0 ? strerror(errno) : "EOF");
   return b;
 }
 
@@ -508,7 +561,8 @@ static unsigned char read_byte(int fd, int ms) {
 static unsigned wait_count(atomic_uint *v, unsigned want, int ms) {
   int64_t deadline = now_ms() + ms;
   unsigned have;
-  while ((have = atomic_load(v)) < want && now_ms() < deadline) sleep_ms(2);
+  while ((have = atomic_load(v)) < want && now_ms() < deadline)
+    sleep_ms(2);
   return have;
 }
 
@@ -542,7 +596,8 @@ static int who_init(ax_actor_t *self, void *state, void *arg) {
   struct env *env = state;
   ax_stream_t *s = ((ax_conn_t *)arg)->stream;
   unsigned char w = (unsigned char)ax_actor_worker(self);
-  if (ax_actor_stream(self) != s || ax_stream_data(s) != self) atomic_fetch_add(&env->bad, 1);
+  if (ax_actor_stream(self) != s || ax_stream_data(s) != self)
+    atomic_fetch_add(&env->bad, 1);
   atomic_fetch_add(&env->born[w], 1);
   int rc = ax_stream_write(s, &w, 1, NULL, NULL);
   return rc ? rc : ax_stream_read_start(s, who_read);
@@ -565,7 +620,8 @@ static const ax_behaviour_t who = {
 static unsigned who_connect(unsigned port, unsigned workers, int *fd_out) {
   int fd = connect_to(port, 0);
   unsigned w = read_byte(fd, 10000);
-  if (w >= workers) fail_msg("actor on worker %u of %u", w, workers);
+  if (w >= workers)
+    fail_msg("actor on worker %u of %u", w, workers);
   if (fd_out)
     *fd_out = fd;
   else
@@ -581,13 +637,15 @@ static void test_rr_distribution(void **state) {
   unsigned port, count[W] = {0};
   ax_rt_t *rt = rt_start(W);
   ax_acceptor_t *acc = listen_local_rt(rt, AX_PLACE_ROUND_ROBIN, &who, &env, &port);
-  for (int i = 0; i < N; i++) count[who_connect(port, W, NULL)]++;
+  for (int i = 0; i < N; i++)
+    count[who_connect(port, W, NULL)]++;
   for (unsigned w = 0; w < W; w++)
     if (count[w] < N / W * 9 / 10 || count[w] > N / W * 11 / 10)
       fail_msg("round-robin: worker %u got %u of %u connections", w, count[w], N);
   assert_int_equal(ax_acceptor_accepted(acc), N);
   if (wait_count(&env.ended, N, 10000) != N)
-    fail_msg("%u of %d connection actors ended after their clients closed", atomic_load(&env.ended), N);
+    fail_msg("%u of %d connection actors ended after their clients closed",
+             atomic_load(&env.ended), N);
   for (unsigned w = 0; w < W; w++) {
     assert_int_equal(atomic_load(&env.born[w]), count[w]);
     conns_settle(rt, w, 0, 5000);
@@ -607,19 +665,27 @@ static void test_least_conn(void **state) {
   int fds[W * K], where[W * K];
   ax_rt_t *rt = rt_start(W);
   listen_local_rt(rt, AX_PLACE_LEAST_CONN, &who, &env, &port);
-  for (int i = 0; i < W * K; i++) count[where[i] = (int)who_connect(port, W, &fds[i])]++;
-  for (unsigned w = 0; w < W; w++)
-    if (count[w] != K) fail_msg("least-conn: worker %u got %u of %d connections", w, count[w], W * K);
   for (int i = 0; i < W * K; i++)
-    if (where[i] == 1) close(fds[i]), fds[i] = -1;
+    count[where[i] = (int)who_connect(port, W, &fds[i])]++;
+  for (unsigned w = 0; w < W; w++)
+    if (count[w] != K)
+      fail_msg("least-conn: worker %u got %u of %d connections", w, count[w], W * K);
+  for (int i = 0; i < W * K; i++)
+    if (where[i] == 1)
+      close(fds[i]), fds[i] = -1;
   conns_settle(rt, 1, 0, 5000);
   for (int i = 0, j = 0; i < K; i++) {
-    while (fds[j] >= 0) j++;
+    while (fds[j] >= 0)
+      j++;
     unsigned w = who_connect(port, W, &fds[j]);
-    if (w != 1) fail_msg("least-conn: connection %d after worker 1 emptied went to worker %u", i, w);
+    if (w != 1)
+      fail_msg("least-conn: connection %d after worker 1 emptied went to worker %u", i,
+               w);
   }
-  for (unsigned w = 0; w < W; w++) assert_int_equal(conns_on(rt, w), K);
-  for (int i = 0; i < W * K; i++) close(fds[i]);
+  for (unsigned w = 0; w < W; w++)
+    assert_int_equal(conns_on(rt, w), K);
+  for (int i = 0; i < W * K; i++)
+    close(fds[i]);
   assert_int_equal(atomic_load(&env.bad), 0);
   ax_rt_free(rt);
 }
@@ -634,9 +700,11 @@ static void test_reuseport(void **state) {
   unsigned port, count[W] = {0};
   ax_rt_t *rt = rt_start(W);
   ax_acceptor_t *acc = listen_local_rt(rt, AX_PLACE_REUSEPORT, &who, &env, &port);
-  for (int i = 0; i < N; i++) count[who_connect(port, W, NULL)]++;
+  for (int i = 0; i < N; i++)
+    count[who_connect(port, W, NULL)]++;
   for (unsigned w = 0; w < W; w++)
-    if (count[w] == 0) fail_msg("reuseport: worker %u got none of %d connections", w, N);
+    if (count[w] == 0)
+      fail_msg("reuseport: worker %u got none of %d connections", w, N);
   assert_int_equal(ax_acceptor_accepted(acc), N);
   assert_int_equal(atomic_load(&env.bad), 0);
   ax_rt_free(rt);
@@ -652,7 +720,8 @@ static void test_conn_exit_closes(void **state) {
   ax_rt_t *rt = rt_start(2);
   listen_local_rt(rt, AX_PLACE_ROUND_ROBIN, &who, &env, &port);
   bool seen[2] = {false, false};
-  for (int i = 0; i < 2; i++) seen[who_connect(port, 2, &fd[i])] = true;
+  for (int i = 0; i < 2; i++)
+    seen[who_connect(port, 2, &fd[i])] = true;
   assert_true(seen[0] && seen[1]); /* round-robin: one each */
   for (int i = 0; i < 2; i++) {
     assert_int_equal(send(fd[i], "q", 1, MSG_NOSIGNAL), 1);
@@ -682,13 +751,15 @@ static void *dialer_main(void *arg) {
   unsigned n = 0;
   while (!atomic_load(&d->stop)) {
     if (n == 64) { /* keep a bounded number open */
-      for (unsigned i = 0; i < n; i++) close(fds[i]);
+      for (unsigned i = 0; i < n; i++)
+        close(fds[i]);
       n = 0;
     }
     struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)d->port)};
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) break;
+    if (fd < 0)
+      break;
     if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
       close(fd);
       sleep_ms(1); /* refused once the listener is gone */
@@ -696,7 +767,8 @@ static void *dialer_main(void *arg) {
     }
     fds[n++] = fd;
   }
-  for (unsigned i = 0; i < n; i++) close(fds[i]);
+  for (unsigned i = 0; i < n; i++)
+    close(fds[i]);
   return NULL;
 }
 
@@ -712,12 +784,14 @@ static void test_rt_stop_live(void **state) {
   for (int i = 0; i < N; i++) {
     who_connect(port, 2, &fd[i]);
     ssize_t w = send(fd[i], junk, sizeof junk, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w <= 0) fail_msg("client %d: send: %s", i, strerror(errno));
+    if (w <= 0)
+      fail_msg("client %d: send: %s", i, strerror(errno));
   }
   struct dialer d = {.port = port};
   assert_int_equal(pthread_create(&d.thr, NULL, dialer_main, &d), 0);
   int64_t deadline = now_ms() + 10000;
-  while (ax_acceptor_accepted(acc) < N + 50 && now_ms() < deadline) sleep_ms(1);
+  while (ax_acceptor_accepted(acc) < N + 50 && now_ms() < deadline)
+    sleep_ms(1);
   ax_rt_stop(rt);
   assert_int_equal(ax_rt_join(rt), 0);
   uint64_t spawned = 0; /* terminate runs for each, init or not */
@@ -737,9 +811,11 @@ static void test_rt_stop_live(void **state) {
   for (int i = 0; i < N; i++) {
     struct pollfd p = {.fd = fd[i], .events = POLLIN};
     char b;
-    if (poll(&p, 1, 5000) != 1) fail_msg("client %d: nothing within 5 s of the stop", i);
+    if (poll(&p, 1, 5000) != 1)
+      fail_msg("client %d: nothing within 5 s of the stop", i);
     ssize_t r = recv(fd[i], &b, 1, MSG_DONTWAIT);
-    if (r > 0) fail_msg("client %d: a byte after the stop", i);
+    if (r > 0)
+      fail_msg("client %d: a byte after the stop", i);
     close(fd[i]);
   }
 }
@@ -753,13 +829,13 @@ enum { TAG_STREAM = 1, TAG_RETRY };
 #define GIVE_TOTAL (4u * MIB)
 
 struct genv {
-  ax_aid_t taker[2];  /* one per worker */
-  bool other;         /* give to the other worker's taker (else the same) */
-  atomic_uint gave;   /* bytes the first actor echoed; set when it gave */
-  atomic_uint taken;  /* bytes the taker echoed; set when it shut down */
+  ax_aid_t taker[2]; /* one per worker */
+  bool other;        /* give to the other worker's taker (else the same) */
+  atomic_uint gave;  /* bytes the first actor echoed; set when it gave */
+  atomic_uint taken; /* bytes the taker echoed; set when it shut down */
   atomic_int giver_w, taker_w;
-  atomic_int err;     /* first error seen by an actor */
-  atomic_uint busy;   /* gives refused with -EBUSY (then retried) */
+  atomic_int err;   /* first error seen by an actor */
+  atomic_uint busy; /* gives refused with -EBUSY (then retried) */
 };
 
 struct mover {
@@ -778,7 +854,8 @@ static void mover_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud);
 /* Give the stream, now idle, to the taker chosen. */
 static void try_give(ax_actor_t *self) {
   struct mover *st = ax_actor_state(self);
-  if (!st->s) return; /* given already */
+  if (!st->s)
+    return; /* given already */
   ax_aid_t to = st->env->taker[(ax_actor_worker(self) + st->env->other) % 2];
   int rc = ax_stream_give(self, st->s, to, TAG_STREAM);
   if (rc == -EBUSY) {
@@ -787,10 +864,12 @@ static void try_give(ax_actor_t *self) {
      * whichever comes first, and try again. */
     atomic_fetch_add(&st->env->busy, 1);
     rc = ax_stream_read_start(st->s, mover_read);
-    if (rc == 0) rc = ax_after(self, 5, TAG_RETRY, NULL);
+    if (rc == 0)
+      rc = ax_after(self, 5, TAG_RETRY, NULL);
   } else if (rc == 0) {
     st->s = NULL;
-    if (ax_actor_stream(self)) genv_err(st->env, -EEXIST); /* it still owns one */
+    if (ax_actor_stream(self))
+      genv_err(st->env, -EEXIST); /* it still owns one */
     atomic_store(&st->env->giver_w, (int)ax_actor_worker(self));
     atomic_store(&st->env->gave, st->echoed);
     ax_exit(self, AX_EXIT_NORMAL); /* owns no stream now: nothing closes */
@@ -805,7 +884,8 @@ static void try_give(ax_actor_t *self) {
 static void mover_flushed(ax_stream_t *s, int status, void *ud) {
   ax_actor_t *self = ax_stream_data(s);
   (void)ud;
-  if (!self) return;
+  if (!self)
+    return;
   if (status < 0) {
     genv_err(((struct mover *)ax_actor_state(self))->env, status);
     ax_exit(self, AX_EXIT_ERROR);
@@ -827,7 +907,8 @@ static void mover_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
   if (st->echoed >= GIVE_AFTER) {
     ax_stream_read_stop(s); /* the rest stays in the kernel for the taker */
     rc = ax_stream_write(s, NULL, 0, mover_flushed, NULL);
-    if (rc) genv_err(st->env, rc), ax_exit(self, AX_EXIT_ERROR);
+    if (rc)
+      genv_err(st->env, rc), ax_exit(self, AX_EXIT_ERROR);
   }
 }
 
@@ -842,10 +923,12 @@ static int mover_init(ax_actor_t *self, void *state, void *arg) {
 
 static void mover_receive(ax_actor_t *self, void *state, ax_msg_t *m) {
   struct mover *st = state;
-  if (m->tag != TAG_RETRY || !st->s) return;
+  if (m->tag != TAG_RETRY || !st->s)
+    return;
   ax_stream_read_stop(st->s); /* no read came: stop here, flush, give */
   int rc = ax_stream_write(st->s, NULL, 0, mover_flushed, NULL);
-  if (rc) genv_err(st->env, rc), ax_exit(self, AX_EXIT_ERROR);
+  if (rc)
+    genv_err(st->env, rc), ax_exit(self, AX_EXIT_ERROR);
 }
 
 static const ax_behaviour_t mover = {.state_size = sizeof(struct mover),
@@ -861,9 +944,11 @@ struct taker {
 static void taker_done(ax_stream_t *s, int status, void *ud) {
   ax_actor_t *self = ax_stream_data(s);
   (void)ud;
-  if (!self) return;
+  if (!self)
+    return;
   struct taker *st = ax_actor_state(self);
-  if (status < 0) genv_err(st->env, status);
+  if (status < 0)
+    genv_err(st->env, status);
   atomic_store(&st->env->taken, st->echoed);
   ax_exit(self, AX_EXIT_NORMAL);
 }
@@ -874,7 +959,8 @@ static void taker_read(ax_stream_t *s, int status, ax_slice_t *data, void *ud) {
   int rc;
   if (status == AX_EOF)
     rc = ax_stream_shutdown(s, taker_done); /* the echo flushed, then EOF */
-  else if ((rc = status) >= 0 && (rc = ax_stream_write_slices(s, data, 1, NULL, NULL)) == 0)
+  else if ((rc = status) >= 0 &&
+           (rc = ax_stream_write_slices(s, data, 1, NULL, NULL)) == 0)
     st->echoed += data->len;
   if (rc < 0) {
     genv_err(st->env, rc);
@@ -890,14 +976,16 @@ static int taker_init(ax_actor_t *self, void *state, void *arg) {
 
 static void taker_receive(ax_actor_t *self, void *state, ax_msg_t *m) {
   struct taker *st = state;
-  if (m->tag != TAG_STREAM) return;
+  if (m->tag != TAG_STREAM)
+    return;
   ax_stream_t *s = *(ax_stream_t **)m->data;
-  if (m->len != sizeof s || ax_stream_data(s) != self || ax_stream_loop(s) != ax_actor_loop(self) ||
-      ax_actor_stream(self) != s)
+  if (m->len != sizeof s || ax_stream_data(s) != self ||
+      ax_stream_loop(s) != ax_actor_loop(self) || ax_actor_stream(self) != s)
     genv_err(st->env, -EPROTO);
   atomic_store(&st->env->taker_w, (int)ax_actor_worker(self));
   int rc = ax_stream_read_start(s, taker_read);
-  if (rc) genv_err(st->env, rc), ax_exit(self, AX_EXIT_ERROR);
+  if (rc)
+    genv_err(st->env, rc), ax_exit(self, AX_EXIT_ERROR);
 }
 
 static const ax_behaviour_t taker = {.state_size = sizeof(struct taker),
@@ -911,7 +999,8 @@ static unsigned char pattern(uint64_t k) {
 }
 
 static uint64_t fnv1a(uint64_t h, const unsigned char *p, size_t n) {
-  for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+  for (size_t i = 0; i < n; i++)
+    h = (h ^ p[i]) * 0x100000001b3ull;
   return h;
 }
 
@@ -928,16 +1017,22 @@ static void stream_pattern(unsigned port, atomic_uint *hold) {
   int64_t deadline = now_ms() + 15000;
   for (;;) {
     if (now_ms() > deadline)
-      fail_msg("give: %llu of %u bytes echoed in 15 s", (unsigned long long)got, GIVE_TOTAL);
+      fail_msg("give: %llu of %u bytes echoed in 15 s", (unsigned long long)got,
+               GIVE_TOTAL);
     bool held = hold && sent >= 2 * GIVE_AFTER && atomic_load(hold) == 0;
-    struct pollfd p = {.fd = fd, .events = POLLIN | (sent < GIVE_TOTAL && !held ? POLLOUT : 0)};
-    if (poll(&p, 1, held ? 5 : 1000) < 0 && errno != EINTR) fail_msg("poll: %s", strerror(errno));
+    struct pollfd p = {.fd = fd,
+                       .events = POLLIN | (sent < GIVE_TOTAL && !held ? POLLOUT : 0)};
+    if (poll(&p, 1, held ? 5 : 1000) < 0 && errno != EINTR)
+      fail_msg("poll: %s", strerror(errno));
     if ((p.revents & POLLOUT) && sent < GIVE_TOTAL && !held) {
       size_t n = GIVE_TOTAL - sent < sizeof out ? GIVE_TOTAL - sent : sizeof out;
-      for (size_t i = 0; i < n; i++) out[i] = pattern(sent + i);
+      for (size_t i = 0; i < n; i++)
+        out[i] = pattern(sent + i);
       ssize_t w = send(fd, out, n, MSG_NOSIGNAL);
-      if (w < 0 && errno != EAGAIN) fail_msg("give: send: %s", strerror(errno));
-      if (w > 0) hs = fnv1a(hs, out, (size_t)w), sent += (uint64_t)w;
+      if (w < 0 && errno != EAGAIN)
+        fail_msg("give: send: %s", strerror(errno));
+      if (w > 0)
+        hs = fnv1a(hs, out, (size_t)w), sent += (uint64_t)w;
     }
     if (sent == GIVE_TOTAL && !shut) {
       assert_int_equal(shutdown(fd, SHUT_WR), 0);
@@ -946,19 +1041,24 @@ static void stream_pattern(unsigned port, atomic_uint *hold) {
     if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
       ssize_t r = recv(fd, in, sizeof in, 0);
       if (r < 0 && errno != EAGAIN)
-        fail_msg("give: recv after %llu bytes: %s", (unsigned long long)got, strerror(errno));
-      if (r == 0) break;
+        fail_msg("give: recv after %llu bytes: %s", (unsigned long long)got,
+                 strerror(errno));
+      if (r == 0)
+        break;
       for (ssize_t i = 0; i < r; i++)
         if (in[i] != pattern(got + (uint64_t)i))
-          fail_msg("give: byte %llu is 0x%02x, want 0x%02x", (unsigned long long)(got + (uint64_t)i),
-                   in[i], pattern(got + (uint64_t)i));
-      if (r > 0) hr = fnv1a(hr, in, (size_t)r), got += (uint64_t)r;
+          fail_msg("give: byte %llu is 0x%02x, want 0x%02x",
+                   (unsigned long long)(got + (uint64_t)i), in[i],
+                   pattern(got + (uint64_t)i));
+      if (r > 0)
+        hr = fnv1a(hr, in, (size_t)r), got += (uint64_t)r;
     }
   }
   close(fd);
   if (got != GIVE_TOTAL || hr != hs)
-    fail_msg("give: %llu of %u bytes back, hash %016llx, sent %016llx", (unsigned long long)got,
-             GIVE_TOTAL, (unsigned long long)hr, (unsigned long long)hs);
+    fail_msg("give: %llu of %u bytes back, hash %016llx, sent %016llx",
+             (unsigned long long)got, GIVE_TOTAL, (unsigned long long)hr,
+             (unsigned long long)hs);
 }
 
 static void give_run(bool other) {
@@ -979,19 +1079,21 @@ static void give_run(bool other) {
   bool uring = ax_test_backend == AX_BACKEND_URING;
   stream_pattern(port, uring ? &env.gave : NULL);
   int64_t deadline = now_ms() + 5000;
-  while (atomic_load(&env.taken) == 0 && atomic_load(&env.err) == 0 && now_ms() < deadline)
+  while (atomic_load(&env.taken) == 0 && atomic_load(&env.err) == 0 &&
+         now_ms() < deadline)
     sleep_ms(1);
   if (atomic_load(&env.err))
-    fail_msg("give: an actor saw %s (%u gives refused)", ax_strerror(atomic_load(&env.err)),
-             atomic_load(&env.busy));
+    fail_msg("give: an actor saw %s (%u gives refused)",
+             ax_strerror(atomic_load(&env.err)), atomic_load(&env.busy));
   if (atomic_load(&env.taken) == 0)
     fail_msg("give: the taker did not finish (%u gives refused)", atomic_load(&env.busy));
   unsigned gave = atomic_load(&env.gave), taken = atomic_load(&env.taken);
   if (gave < GIVE_AFTER || taken == 0 || gave + taken != GIVE_TOTAL)
-    fail_msg("give: the first actor echoed %u, the taker %u, of %u (%u tries refused)", gave,
-             taken, GIVE_TOTAL, atomic_load(&env.busy));
+    fail_msg("give: the first actor echoed %u, the taker %u, of %u (%u tries refused)",
+             gave, taken, GIVE_TOTAL, atomic_load(&env.busy));
   int gw = atomic_load(&env.giver_w), tw = atomic_load(&env.taker_w);
-  if ((gw != tw) != other) fail_msg("give: from worker %d to worker %d", gw, tw);
+  if ((gw != tw) != other)
+    fail_msg("give: from worker %d to worker %d", gw, tw);
   ax_rt_free(rt);
 }
 
@@ -1009,7 +1111,9 @@ static void test_give_same_worker(void **state) {
 /* echo_actor as a child process                                             */
 /* ------------------------------------------------------------------------ */
 
-static const char *backend_name(void) { return ax_test_backend_name(ax_test_backend); }
+static const char *backend_name(void) {
+  return ax_test_backend_name(ax_test_backend);
+}
 
 /* echo_actor on the group's backend with @workers and @place; RLIMIT_NOFILE
  * @nofile when > 0. */
@@ -1017,9 +1121,9 @@ static struct child *start_echo(unsigned workers, const char *place, int nofile,
                                 unsigned *port) {
   char w[16];
   snprintf(w, sizeof w, "%u", workers);
-  char *argv[] = {EXAMPLE("echo_actor"), "--port",        "0",           "--workers",
-                  w,                     "--backend",     (char *)backend_name(), "--place",
-                  (char *)place,         NULL};
+  char *argv[] = {
+      EXAMPLE("echo_actor"),  "--port",  "0",           "--workers", w, "--backend",
+      (char *)backend_name(), "--place", (char *)place, NULL};
   return start_server(argv, nofile, port);
 }
 
@@ -1032,7 +1136,8 @@ static void stop_echo(struct child *c, int signo, unsigned workers) {
   FILE *f = fopen(c->err, "r");
   static char err[16384];
   size_t n = f ? fread(err, 1, sizeof err - 1, f) : 0;
-  if (f) fclose(f);
+  if (f)
+    fclose(f);
   err[n] = 0;
   child_release(c);
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
@@ -1040,7 +1145,8 @@ static void stop_echo(struct child *c, int signo, unsigned workers) {
              status_str(st, buf, sizeof buf), err);
   for (unsigned i = 0; i < workers; i++) {
     snprintf(want, sizeof want, "worker %u: actors=", i);
-    if (!strstr(err, want)) fail_msg("no \"%s\" line in echo_actor's stderr:\n%s", want, err);
+    if (!strstr(err, want))
+      fail_msg("no \"%s\" line in echo_actor's stderr:\n%s", want, err);
   }
 }
 
@@ -1050,8 +1156,10 @@ static void watchdog_fire(int signo) {
   static const char msg[] = "ERROR: test_acceptor: a test ran past its alarm\n";
   (void)signo;
   for (int i = 0; i < MAX_CHILDREN; i++)
-    if (children[i].used && children[i].pid > 0) kill(children[i].pid, SIGKILL);
-  if (write(2, msg, sizeof msg - 1) < 0) _exit(4);
+    if (children[i].used && children[i].pid > 0)
+      kill(children[i].pid, SIGKILL);
+  if (write(2, msg, sizeof msg - 1) < 0)
+    _exit(4);
   _exit(3);
 }
 
@@ -1143,10 +1251,11 @@ static void test_echo_bounded(void **state) {
     }
   }
   long grown = rss_kib(srv->pid) - before;
-  if (sent >= size) fail_msg("all %zu bytes sent to a client that reads nothing", sent);
+  if (sent >= size)
+    fail_msg("all %zu bytes sent to a client that reads nothing", sent);
   if (grown > 16 * 1024)
-    fail_msg("echo_actor grew by %ld KiB while a client sent %zu bytes and read none", grown,
-             sent);
+    fail_msg("echo_actor grew by %ld KiB while a client sent %zu bytes and read none",
+             grown, sent);
   set_linger0(fd);
   close(fd);
   assert_alive(srv);
@@ -1160,7 +1269,8 @@ static long backlog_of(unsigned port) {
   FILE *f = fopen("/proc/net/tcp", "r");
   char line[512];
   long q = -1;
-  if (!f) fail_msg("/proc/net/tcp: %s", strerror(errno));
+  if (!f)
+    fail_msg("/proc/net/tcp: %s", strerror(errno));
   while (q < 0 && fgets(line, sizeof line, f)) {
     unsigned lport, st;
     unsigned long tx, rx;
@@ -1190,7 +1300,8 @@ static void test_fd_exhaustion(void **state) {
   }
   fds_settle(srv->pid, NOFILE, 3000); /* until the server is full, or 3 s */
   assert_alive(srv);
-  for (int i = 0; i < N; i++) close(fd[i]);
+  for (int i = 0; i < N; i++)
+    close(fd[i]);
   /* The server takes what waits in its backlog (each shows EOF) and ends
    * every connection: its backlog empties and its fds fall back to idle. */
   int64_t deadline = now_ms() + 15000;
@@ -1200,8 +1311,10 @@ static void test_fd_exhaustion(void **state) {
          now_ms() < deadline)
     sleep_ms(20);
   if (queued != 0 || have != idle)
-    fail_msg("15 s after its clients left: %ld connections in echo_actor's backlog, %d fds "
-             "(%d idle)", queued, have, idle);
+    fail_msg(
+        "15 s after its clients left: %ld connections in echo_actor's backlog, %d fds "
+        "(%d idle)",
+        queued, have, idle);
   assert_alive(srv);
   echo_roundtrip(port, 20, 1, 32 * 1024, 2); /* served again */
   stop_echo(srv, SIGTERM, 2);
@@ -1212,9 +1325,11 @@ int main(void) {
   signal(SIGPIPE, SIG_IGN);
   signal(SIGALRM, watchdog_fire);
   struct rlimit rl;
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 2048) {
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+      rl.rlim_cur < 2048) {
     rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > 2048 ? 2048 : rl.rlim_max;
-    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) perror("setrlimit(RLIMIT_NOFILE)");
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      perror("setrlimit(RLIMIT_NOFILE)");
   }
   const struct CMUnitTest epoll_only[] = {
       cmocka_unit_test_setup_teardown(test_rr_distribution, setup, cleanup),
