@@ -413,7 +413,10 @@ typedef enum ax_place {
  * runtime closes it after terminate unless it was given away, so do not
  * ax_stream_close() it yourself — end the actor (ax_exit()) instead. The
  * stream's user data is the actor (ud in proactor callbacks is the
- * ax_actor_t *). Valid during init only; keep @stream, not this.
+ * ax_actor_t *) until the actor ends or gives the stream away: completions
+ * still owed then (a write's -ECANCELED, a drain) run with it NULL, so read
+ * it with ax_stream_data() in such callbacks. Valid during init only; keep
+ * @stream, not this.
  */
 typedef struct ax_conn {
   ax_stream_t *stream;

@@ -107,8 +107,12 @@ void ax__conn_init_done(ax_actor_t *a, void *arg) {
 
 void ax__conn_exit(ax_actor_t *a) {
   struct ax__ext *x = a->ext;
-  for (uint32_t i = 0; i < x->nstreams; i++)
+  for (uint32_t i = 0; i < x->nstreams; i++) {
+    /* Completions owed after this (-ECANCELED writes, a drain) must not
+     * see the actor, which is about to be freed. */
+    ax_stream_set_data(x->streams[i], NULL);
     (void)ax_stream_close(x->streams[i], NULL);
+  }
   x->nstreams = 0;
   free(x->streams);
   x->streams = NULL;
@@ -173,8 +177,10 @@ int ax_stream_give(ax_actor_t *self, ax_stream_t *s, ax_aid_t to,
   if (!m)
     return -ENOMEM;
   int fd;
+  ax_stream_set_data(s, NULL); /* owed completions: no longer self's */
   int rc = ax_stream_detach(s, &fd);
   if (rc) {
+    ax_stream_set_data(s, self);
     ax__msg_free(self->w, m);
     return rc;
   }
