@@ -942,6 +942,11 @@ static int detach_live(ax_stream_t *s) {
 }
 
 static int ur_detach(ax_stream_t *s) {
+  struct held *h = ns_of(s)->held;
+  /* An emptied holder is idle (it stays after a delivery until the next
+   * read_start); one with bytes or an end in it is not: they would be lost. */
+  if (h != NULL && ax_buflist_count(&h->q) == 0 && h->end == 0)
+    held_free(s);
   if ((s->drv_state & (W_LIVE | T_LISTED)) || ns_of(s)->held != NULL)
     return -EBUSY;
   if (s->drv_state & LIVE)
