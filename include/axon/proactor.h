@@ -178,7 +178,10 @@ AX_API size_t ax_stream_write_queued(const ax_stream_t *s);
 /**
  * Backpressure. When the queue holds more than @high bytes, ax_stream_writable()
  * turns false; once it has drained to @high / 2 or below, @drain_cb runs once
- * and ax_stream_writable() is true again. @limit (0: none) is a hard cap: a
+ * (status 0) and ax_stream_writable() is true again. If the stream fails
+ * meanwhile (the write deadline, a reset) while reading is stopped,
+ * @drain_cb runs with the error instead: nobody else would hear of it
+ * until the next read_start (which then delivers it). @limit (0: none) is a hard cap: a
  * write that would pass it fails with -ENOBUFS and queues nothing. Defaults:
  * high 64 KiB, no drain callback, no limit.
  */

@@ -431,9 +431,16 @@ void ax__stream_fail(ax_stream_t *s, int err) {
   if (s->flags & (AX__S_FAILED | AX__S_CLOSING))
     return;
   assert(err < 0);
+  /* A user waiting for the drain with reading stopped (the usual way to
+   * push back) would hear of the failure from nobody: tell the drain
+   * callback, with the error. */
+  bool waiting = (s->flags & AX__S_ABOVE_HIGH) && !(s->flags & AX__S_READING) &&
+                 s->drain_cb;
   s->flags |= AX__S_FAILED;
   s->err = err;
   s->flags &= ~AX__S_ABOVE_HIGH;
+  if (waiting)
+    ax__px_complete(s->loop->px, s, (ax_write_cb)s->drain_cb, s->ud, err);
   queue_fail(s, err);
   deadline_update(s);
   frames_clear(s);
