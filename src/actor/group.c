@@ -221,8 +221,9 @@ int ax_group_send(ax_group_t *g, ax_actor_t *self, bool skip_self,
           if (!(skip_self && to[k] == from))
             gp->to[gp->n++] = to[k];
         ck_pr_inc_uint(&sh->refs);
+        uint32_t sent = gp->n; /* once posted, gp is the other worker's */
         if (ax_loop_post_node(w->loop, &gp->post) == 0) {
-          reached += (int)gp->n;
+          reached += (int)sent;
         } else {
           ck_pr_inc_64(&w->st.refused);
           ax__shared_unref(sh);
