@@ -228,8 +228,10 @@ int ax_spawn(ax_rt_t *rt, const ax_behaviour_t *b, void *arg,
     m->to = id;
     memcpy(m->u.inl, &sp, sizeof sp);
     rc = ax__post(rt, here, m);
-    if (rc)
+    if (rc) {
+      ax__msg_free(here, m); /* not queued: still ours */
       return rc;
+    }
   }
   *out = id;
   /* Birth links and monitors, sent after the spawn so they queue behind
