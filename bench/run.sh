@@ -27,8 +27,9 @@
 # Network (bench/net.sh: server on CPU 0, tools/axload on CPU 1; its header
 # has the protocol, the output and the knobs, e.g. NET_SHORT=1): echo ~6 min,
 # sink ~1 min, conn_scale ~1 min.
-# Actors (bench/actor.c has the workloads; 3 reps, medians): ~5 + 5 + 10 +
-# 3 + 3 + 5 s. Beside axon, the peers of /work/shared/peers/actors (same
+# Actors (bench/actor.c has the workloads; 3 reps, medians): ~1 + 6 + 25 +
+# 1 + 1 + 1 s on an idle machine (actor_pingpong's sleeping round trips
+# cost 30-40 us each when the other vCPU halts). Beside axon, the peers of /work/shared/peers/actors (same
 # workloads, same sizes) where bench/Makefile could build them: impl=go
 # (GOMAXPROCS=2), impl=erlang (+S 2:2), impl=caf (2 threads), one run each;
 # a missing peer is a note on stderr. For actor_pingpong they are their
