@@ -3,9 +3,14 @@
 #   bash bench/run.sh <dir with the bench binaries> [NAME]
 # NAME: timers_1m | timers_candidates | loop_iter | timers_10m |
 #       xthread_throughput | xthread_fanin | xthread_pingpong_sleep |
-#       xthread_pingpong_spin | mailbox_candidates | echo | sink | conn_scale
+#       xthread_pingpong_spin | mailbox_candidates | echo | sink | conn_scale |
+#       actor_local_send | actor_xthread_throughput | actor_pingpong |
+#       actor_ring | skynet | spawn_idle | echo_actor | http
 # (default: all, in that order; mailbox_candidates prints both
-# bench=mailbox_candidates and bench=mailbox_candidates_fanin lines).
+# bench=mailbox_candidates and bench=mailbox_candidates_fanin lines;
+# actor_pingpong prints bench=actor_pingpong and bench=actor_pingpong_spin;
+# echo_actor and http run bench/echo_actor.sh and bench/http.sh, and are a
+# note on stderr while those scripts are not there).
 # stdout carries only result lines:
 #   bench=<name> impl=<impl> key=value ...
 #   bench=<name> impl=axon_vs_<peer> key=<axon/peer> ...
@@ -22,17 +27,82 @@
 # Network (bench/net.sh: server on CPU 0, tools/axload on CPU 1; its header
 # has the protocol, the output and the knobs, e.g. NET_SHORT=1): echo ~6 min,
 # sink ~1 min, conn_scale ~1 min.
+# Actors (bench/actor.c has the workloads; 3 reps, medians): ~1 + 6 + 25 +
+# 1 + 1 + 1 s on an idle machine (actor_pingpong's sleeping round trips
+# cost 30-40 us each when the other vCPU halts). Beside axon, the peers of /work/shared/peers/actors (same
+# workloads, same sizes) where bench/Makefile could build them: impl=go
+# (GOMAXPROCS=2), impl=erlang (+S 2:2), impl=caf (2 threads), one run each;
+# a missing peer is a note on stderr. For actor_pingpong they are their
+# cross-thread variants (go locked, erlang pingpong-bound, caf detached):
+# axon's two actors are on two workers. Keys: ns_per_msg, wall_ms,
+# ns_per_spawn, bytes_per_actor lower is better; msgs_per_s, rt_per_s,
+# hops_per_s higher is better. actor_local_send has no peer.
 set -euo pipefail
 
 dir=${1:?usage: run.sh BENCH_DIR [NAME] (see the header for the names)}
 only=${2:-}
 all=(timers_1m timers_candidates loop_iter timers_10m
   xthread_throughput xthread_fanin xthread_pingpong_sleep
-  xthread_pingpong_spin mailbox_candidates echo sink conn_scale)
+  xthread_pingpong_spin mailbox_candidates echo sink conn_scale
+  actor_local_send actor_xthread_throughput actor_pingpong actor_ring skynet
+  spawn_idle echo_actor http)
 
-for bin in timers loop_iter xthread; do
+for bin in timers loop_iter xthread actor; do
   [[ -x $dir/$bin ]] || { echo "run.sh: $dir/$bin not built" >&2; exit 2; }
 done
+
+# peer_run PEER ARGS...: an actor peer's result line (workload=... result=OK),
+# or a note on stderr and status 1 when it is not built or failed.
+peer_run() {
+  local peer=$1 line cmd
+  shift
+  case $peer in
+  go) cmd=(env GOMAXPROCS=2 "$dir/go_bench") ;;
+  erlang) cmd=(erl +S 2:2 +P 2097152 -noshell -noinput -pa "$dir" -run bench main) ;;
+  caf) cmd=("$dir/caf_bench") ;;
+  esac
+  if [[ ! -x $dir/go_bench && $peer == go ]] ||
+    [[ ! -x $dir/caf_bench && $peer == caf ]] ||
+    [[ $peer == erlang && ( ! -f $dir/bench.beam || -z $(command -v erl) ) ]]; then
+    echo "run.sh: actor peer $peer not built: skipped" >&2
+    return 1
+  fi
+  line=$(timeout 300 "${cmd[@]}" "$@" 2>/dev/null | grep '^workload=' || true)
+  if [[ $line != *result=OK* ]]; then
+    echo "run.sh: actor peer $peer ($*) failed: ${line:-no output}" >&2
+    return 1
+  fi
+  echo "$line"
+}
+
+# actor_bench NAME 'KEY=AWK_EXPR ...' 'PEER ARGS' ...: axon's lines, then per
+# peer its figures (AWK_EXPR over the fields f["name"] of its line) and the
+# ratios impl=axon_vs_PEER KEY=<axon / peer>. No spaces inside an AWK_EXPR.
+actor_bench() {
+  local name=$1 out line peer key expr pv av spec ke
+  local -a specs args
+  read -ra specs <<<"$2"
+  shift 2
+  out=$(timeout 900 "$dir/actor" -b "$name") || { printf '%s\n' "$out"; return 1; }
+  printf '%s\n' "$out"
+  for spec in "$@"; do
+    read -ra args <<<"$spec"
+    peer=${args[0]}
+    line=$(peer_run "${args[@]}") || continue
+    for ke in "${specs[@]}"; do
+      key=${ke%%=*} expr=${ke#*=}
+      pv=$(awk -v l="$line" 'BEGIN { n = split(l, a, " ");
+        for (i = 1; i <= n; i++) { split(a[i], kv, "="); f[kv[1]] = kv[2] }
+        printf "%.1f", '"$expr"' }')
+      av=$(sed -n "s/^bench=$name impl=axon $key=//p" <<<"$out")
+      echo "bench=$name impl=$peer $key=$pv"
+      if [[ -n $av ]]; then
+        awk -v a="$av" -v p="$pv" -v n="$name" -v q="$peer" -v k="$key" \
+          'BEGIN { if (p > 0) printf "bench=%s impl=axon_vs_%s %s=%.3f\n", n, q, k, a / p }'
+      fi
+    done
+  done
+}
 
 run() { # run <name>: the standard sizes; each run is bounded by `timeout`
   case $1 in
@@ -63,6 +133,35 @@ run() { # run <name>: the standard sizes; each run is bounded by `timeout`
       axon axon-exchange axon-ring axon-stack ;;
   echo | sink | conn_scale) # servers vs tools/axload; bounded inside net.sh
     timeout 900 bash "$(dirname "$0")/net.sh" "$dir" "$1" ;;
+  actor_local_send) # 10,000,000 same-worker messages; no peer does this
+    timeout 300 "$dir/actor" -b actor_local_send ;;
+  actor_xthread_throughput) # worker 0 -> worker 1, 10,000,000 messages
+    actor_bench actor_xthread_throughput 'msgs_per_s=f["msgs_per_s"]' \
+      'go throughput 10000000' 'erlang throughput 10000000' \
+      'caf throughput 10000000' ;;
+  actor_pingpong) # 200,000 round trips across workers; then spinning, 1,000,000
+    actor_bench actor_pingpong 'rt_per_s=f["rt_per_s"]' \
+      'go pingpong 200000 locked' 'erlang pingpong-bound 200000' \
+      'caf pingpong 200000 detached' ;;
+  actor_ring) # 1,000 actors, 10,000,000 hops
+    actor_bench actor_ring 'hops_per_s=f["hops_per_s"]' \
+      'go ring 1000 10000000' 'erlang ring 1000 10000000' \
+      'caf ring 1000 10000000' ;;
+  skynet) # 1,000,000 leaves, fanout 10: 1,111,111 actors
+    actor_bench skynet 'wall_ms=f["wall_s"]*1000' \
+      'go skynet 1000000 10' 'erlang skynet 1000000 10' 'caf skynet 1000000 10' ;;
+  spawn_idle) # 1,000,000 idle actors
+    actor_bench spawn_idle \
+      'ns_per_spawn=f["spawn_s"]*1e9/f["n"] bytes_per_actor=f["bytes_per_actor"]' \
+      'go spawn-idle 1000000' 'erlang spawn-idle 1000000' 'caf spawn-idle 1000000' ;;
+  echo_actor) # bench/echo_actor.sh, once it is there
+    [[ -f $(dirname "$0")/echo_actor.sh ]] ||
+      { echo "run.sh: bench/echo_actor.sh not present: echo_actor skipped" >&2; return 0; }
+    timeout 900 bash "$(dirname "$0")/echo_actor.sh" "$dir" ;;
+  http) # bench/http.sh, once it is there
+    [[ -f $(dirname "$0")/http.sh ]] ||
+      { echo "run.sh: bench/http.sh not present: http skipped" >&2; return 0; }
+    timeout 600 bash "$(dirname "$0")/http.sh" "$dir" ;;
   *)
     echo "run.sh: unknown benchmark '$1' (known: ${all[*]})" >&2
     return 2 ;;
