@@ -412,11 +412,14 @@ typedef enum ax_place {
  * connection, opened on the actor's own loop; the actor owns it: the
  * runtime closes it after terminate unless it was given away, so do not
  * ax_stream_close() it yourself — end the actor (ax_exit()) instead. The
- * stream's user data is the actor (ud in proactor callbacks is the
- * ax_actor_t *) until the actor ends or gives the stream away: completions
- * still owed then (a write's -ECANCELED, a drain) run with it NULL, so read
- * it with ax_stream_data() in such callbacks. Valid during init only; keep
- * @stream, not this.
+ * stream's user data (ax_stream_data(), and the ud of read and drain
+ * callbacks) is the actor until the actor ends or gives the stream away,
+ * then NULL. Completions still owed at that point run later — a write's or
+ * a shutdown's -ECANCELED, a drain — and the ud a write or shutdown
+ * callback receives is the one it was given when it was asked for, which
+ * may name the ended actor: in those callbacks find the actor with
+ * ax_stream_data(s) (NULL: it has ended, do nothing). Valid during init
+ * only; keep @stream, not this.
  */
 typedef struct ax_conn {
   ax_stream_t *stream;
