@@ -25,6 +25,9 @@
  * messages (default 100) per actor per turn, and hands the thread back to
  * its loop (I/O, timers, cross-worker mail) after at most 64 turns or 4096
  * messages, so neither one busy actor nor a busy worker starves the rest.
+ * A message an actor sends to itself may run within the same turn: a
+ * sender that loops "send a burst, then a message to self to go on" runs
+ * up to `batch` bursts in a row before anyone else does.
  *
  * Mailbox bound. Each actor has a capacity (default 65,536 messages). A
  * user message to a full actor is refused with -EAGAIN and nothing is
@@ -474,7 +477,9 @@ AX_API ax_stream_t *ax_actor_stream(const ax_actor_t *self);
  * is lost or reordered. If @to is gone, or the fd cannot be opened there,
  * the connection is closed. On success @s is invalid in the caller.
  * Errors (then @s is untouched and still self's): -EBUSY (not idle),
- * -ENOENT (not self's), -ESRCH (@to is known to be gone), -ENOMEM.
+ * -ENOENT (not self's), -ESRCH (@to is known to be gone), -ENOMEM; and
+ * -ESHUTDOWN, after which @s is gone and its connection closed (the
+ * runtime is being freed).
  */
 AX_API int ax_stream_give(ax_actor_t *self, ax_stream_t *s, ax_aid_t to,
                           uint32_t tag);

@@ -196,11 +196,11 @@ int ax_stream_give(ax_actor_t *self, ax_stream_t *s, ax_aid_t to,
     return 0;
   }
   rc = ax__post(rt, self->w, m);
-  if (rc) {
+  if (rc) { /* only while the runtime closes: the connection is closed */
     close(fd);
     ax__msg_free(self->w, m);
   }
-  return 0; /* the stream is gone from self either way */
+  return rc;
 }
 
 /* ---- listeners -------------------------------------------------------------- */
