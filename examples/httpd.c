@@ -94,9 +94,11 @@ static size_t serve(struct conn *c, const char *p, size_t n) {
 
 /* A closing connection ends once its responses are out and the peer has
  * closed too (closing first would reset it, and could lose them). */
-static void on_shut(ax_stream_t *s, int status, void *self) {
+static void on_shut(ax_stream_t *s, int status, void *ud) {
+  ax_actor_t *self = ax_stream_data(s); /* not ud: NULL once the actor has ended */
+  (void)ud;
+  if (!self) return;
   struct conn *c = ax_actor_state(self);
-  (void)s;
   c->sent = true;
   if (status < 0 || c->eof) ax_exit(self, AX_EXIT_NORMAL);
 }
