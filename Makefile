@@ -107,7 +107,18 @@ $(BUILD)/tests/%: tests/%.c $(wildcard tests/*.h) $(STATIC) $(FLAGS_STAMP)
 	$(CC) $(ALL_CFLAGS) -Isrc -DAX_BUILD_DIR='"$(BUILD)"' -DAX_SAN='"$(SAN)"' \
 	  $< -o $@ $(ALL_LDFLAGS) $(STATIC) $(LIBS) -lcmocka
 
-test-build: lib examples tools $(TESTS)
+# The libFuzzer target of examples/http_parse.h (run by test_httpd), built
+# with clang when it has libFuzzer; the plain variant only.
+FUZZ_CC  ?= clang
+HAVE_LIBFUZZER := $(if $(SAN),,$(shell echo 'int LLVMFuzzerTestOneInput(const char *d, long n){return 0;}' | \
+                $(FUZZ_CC) -fsanitize=fuzzer -x c - -o /dev/null >/dev/null 2>&1 && echo 1))
+FUZZ     := $(if $(HAVE_LIBFUZZER),build/fuzz/fuzz_http)
+build/fuzz/fuzz_http: tests/fuzz_http.c examples/http_parse.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -std=c11 -D_GNU_SOURCE $(WARN) -O1 -g -fsanitize=fuzzer,address,undefined \
+	  -fno-sanitize-recover=all $< -o $@
+
+test-build: lib examples tools $(TESTS) $(FUZZ)
 
 # Without SAN: the plain, ASan+UBSan and ThreadSanitizer suites, one
 # aggregate line at the end.

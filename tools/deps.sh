@@ -3,7 +3,8 @@
 # command to run. Usage: tools/deps.sh build|test|bench
 #   build: libck-dev (required), liburing-dev (used when present), pkg-config
 #   test:  libcmocka-dev, spin (model checking of the wake protocol)
-#   bench: libuv1-dev, libev-dev (peers measured beside axon)
+#   bench: libuv1-dev, libev-dev (peers measured beside axon); wrk and
+#          nginx-light (bench/http.sh)
 set -euo pipefail
 
 what=${1:-build}
@@ -15,6 +16,7 @@ have_header() { # have_header <header> [lib]
 }
 
 have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_nginx() { have_cmd nginx || [[ -x /usr/sbin/nginx ]]; } # sbin: off a user's PATH
 
 missing=()
 need() { # need <package> <check command...>
@@ -35,6 +37,8 @@ test)
 bench)
   need libuv1-dev have_header uv.h uv
   need libev-dev have_header ev.h ev
+  need wrk have_cmd wrk
+  need nginx-light have_nginx
   ;;
 *)
   echo "usage: $0 build|test|bench" >&2
