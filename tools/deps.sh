@@ -2,9 +2,11 @@
 # Installs what axon needs on a Debian machine, or stops with the exact
 # command to run. Usage: tools/deps.sh build|test|bench
 #   build: libck-dev (required), liburing-dev (used when present), pkg-config
-#   test:  libcmocka-dev, spin (model checking of the wake protocol)
+#   test:  libcmocka-dev, spin (model checking of the wake protocol), clang
+#          (libFuzzer, for the HTTP parser's fuzz test)
 #   bench: libuv1-dev, libev-dev (peers measured beside axon); wrk and
-#          nginx-light (bench/http.sh)
+#          nginx-light (bench/http.sh); golang-go, erlang-base, libcaf-dev
+#          (the actor peers)
 set -euo pipefail
 
 what=${1:-build}
@@ -33,12 +35,18 @@ build)
 test)
   need libcmocka-dev have_header cmocka_setjmp_stub.h
   need spin have_cmd spin
+  need clang have_cmd clang # libFuzzer, for the HTTP parser's fuzz test
   ;;
 bench)
   need libuv1-dev have_header uv.h uv
   need libev-dev have_header ev.h ev
   need wrk have_cmd wrk
   need nginx-light have_nginx
+  # The actor peers of ../shared/peers/actors (bench/Makefile builds them
+  # when they are there): Go, Erlang, CAF.
+  need golang-go have_cmd go
+  need erlang-base have_cmd erl
+  need libcaf-dev test -f /usr/include/caf/all.hpp # C++: not have_header
   ;;
 *)
   echo "usage: $0 build|test|bench" >&2
