@@ -161,7 +161,7 @@ run() { # run <name>: the standard sizes; each run is bounded by `timeout`
   http) # bench/http.sh, once it is there
     [[ -f $(dirname "$0")/http.sh ]] ||
       { echo "run.sh: bench/http.sh not present: http skipped" >&2; return 0; }
-    timeout 600 bash "$(dirname "$0")/http.sh" "$dir" ;;
+    timeout 600 bash "$(dirname "$0")/http.sh" "$dir/.." ;; # takes the build dir
   *)
     echo "run.sh: unknown benchmark '$1' (known: ${all[*]})" >&2
     return 2 ;;
