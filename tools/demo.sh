@@ -56,7 +56,11 @@ echo "SIGTERM: echo_actor exited with status $status; its per-worker counters (a
 sed 's/^/  /' "$tmp/ea.err"
 pids=()
 
-section "${timers##*/}: timeout, interval, date, deferred call, reschedule-by-return"
+if [[ ${timers##*/} == timers_actor ]]; then
+  section "timers_actor: per-actor one-shot and interval timers, a request with a timeout"
+else
+  section "timers: timeout, interval, date, deferred call, reschedule-by-return"
+fi
 timeout 10 "$timers"
 
 section "stdin: lines read through the loop (the last one has no newline)"
