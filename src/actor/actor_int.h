@@ -56,7 +56,17 @@ static inline uint32_t ax__aid_gen(ax_aid_t a) {
 static inline uint32_t ax__aid_slot(ax_aid_t a) { return (uint32_t)a; }
 
 /* A slot: the actor (owner only), its generation and whether its mailbox is
- * full (read by other threads with ck_pr loads). gen 0: never used. */
+ * full (read by other threads with ck_pr loads). gen 0: never used.
+ *
+ * Atomics in this layer: the ck_pr loads, stores and increments of slot
+ * words (gen, full), of counters (worker stats, acceptor counts, the
+ * placement cursor) and of flags (rt->stopping, stop_posted) are single
+ * words read as hints: they order nothing, and a stale read costs at most
+ * a message that becomes a dead letter, one that lands over a capacity, or
+ * a placement off by one. Memory changes hands only through the loop
+ * mailboxes (their push/take pair orders the message and everything
+ * written before it, see mailbox.c), the slot chunks' publishing CAS
+ * (actor.c) and the shared payloads' reference count (send.c). */
 struct ax__slot {
   ax_actor_t *a;
   uint32_t gen;
