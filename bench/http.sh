@@ -16,18 +16,17 @@
 #   bench=http impl=axon|nginx rps=… p99_us=…
 #   bench=http impl=axon_vs_nginx rps=<axon/nginx> p99_us=<axon/nginx>
 # Without wrk or nginx (tools/deps.sh bench installs them: wrk,
-# nginx-light) it prints a note and exits 0.
+# nginx-light) it prints a note and exits 0. The lock, server start/stop
+# and medians are bench/netlib.sh's.
 set -uo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/netlib.sh
+. "$root/bench/netlib.sh" http.sh
 build=$(cd "${1:-$root/build}" && pwd)
 httpd=$build/examples/httpd
-SERVER_CPU=${SERVER_CPU:-0}
-CLIENT_CPU=${CLIENT_CPU:-1}
 rounds=${HTTP_ROUNDS:-3} secs=${HTTP_SECS:-10} conns=${HTTP_CONNS:-100} threads=${HTTP_THREADS:-1}
 lock=${HTTP_LOCK-/tmp/bench.lock}
-
-note() { echo "http.sh: $*" >&2; }
 
 nginx=$(command -v nginx || echo /usr/sbin/nginx)
 if ! command -v wrk >/dev/null || [[ ! -x $nginx ]]; then
@@ -40,20 +39,8 @@ if ! command -v wrk >/dev/null || [[ ! -x $nginx ]]; then
 fi
 [[ -x $httpd ]] || { note "$httpd not built (make first)"; exit 2; }
 
-tmp=$(mktemp -d /tmp/axon-http.XXXXXX)
-note "logs in $tmp; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-spid='' port='' lock_fd='' result='' status=0
-
-lock_take() {
-  [[ -n $lock ]] || return 0
-  exec {lock_fd}>>"$lock"
-  flock -w 900 "$lock_fd" || note "$lock still held after 900 s: running anyway"
-}
-lock_drop() {
-  [[ -n $lock && -n $lock_fd ]] || return 0
-  exec {lock_fd}>&-
-  lock_fd=
-}
+logdir=$(mktemp -d /tmp/axon-http.XXXXXX)
+note "logs in $logdir; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 
 # A loopback port nobody listens on, below the ephemeral range (wrk's
 # connections of the previous run may hold ports there): nginx is given
@@ -69,24 +56,24 @@ free_port() {
 }
 
 nginx_conf() { # nginx_conf <port>
-  mkdir -p "$tmp/nginx"
-  cat >"$tmp/nginx/nginx.conf" <<EOF
+  mkdir -p "$logdir/nginx"
+  cat >"$logdir/nginx/nginx.conf" <<EOF
 worker_processes 1;
 daemon off;
 master_process on;
-pid $tmp/nginx/nginx.pid;
-error_log $tmp/nginx/error.log warn;
+pid $logdir/nginx/nginx.pid;
+error_log $logdir/nginx/error.log warn;
 events { worker_connections 4096; }
 http {
   access_log off;
   default_type text/plain;
   keepalive_requests 100000000;
   keepalive_timeout 75s;
-  client_body_temp_path $tmp/nginx/body;
-  proxy_temp_path $tmp/nginx/proxy;
-  fastcgi_temp_path $tmp/nginx/fastcgi;
-  uwsgi_temp_path $tmp/nginx/uwsgi;
-  scgi_temp_path $tmp/nginx/scgi;
+  client_body_temp_path $logdir/nginx/body;
+  proxy_temp_path $logdir/nginx/proxy;
+  fastcgi_temp_path $logdir/nginx/fastcgi;
+  uwsgi_temp_path $logdir/nginx/uwsgi;
+  scgi_temp_path $logdir/nginx/scgi;
   server {
     listen 127.0.0.1:$1;
     location = / { return 200 "Hello, World!"; }
@@ -95,52 +82,22 @@ http {
 EOF
 }
 
-# Start impl $1 pinned; sets spid and port. Waits up to 5 s until it accepts.
+# Start impl $1 pinned; sets spid and port. Waits up to 5 s until it accepts
+# (netlib.sh's server_spawn and server_wait; nginx's master takes its worker
+# down with it on server_stop's SIGTERM).
 server_start() {
-  local out=$tmp/$1.out
-  : >"$out"
+  port=
   case $1 in
-  axon)
-    taskset -c "$SERVER_CPU" "$httpd" --port 0 --workers 1 >"$out" 2>>"$tmp/$1.err" &
-    spid=$!
-    ;;
+  axon) server_spawn axon "$SERVER_CPU" "$httpd" --port 0 --workers 1 ;;
   nginx)
     port=$(free_port) || { note "no free port"; return 1; }
     nginx_conf "$port"
-    taskset -c "$SERVER_CPU" "$nginx" -p "$tmp/nginx" -c "$tmp/nginx/nginx.conf" \
-      -e "$tmp/nginx/error.log" >"$out" 2>>"$tmp/$1.err" &
-    spid=$!
+    server_spawn nginx "$SERVER_CPU" "$nginx" -p "$logdir/nginx" -c "$logdir/nginx/nginx.conf" \
+      -e "$logdir/nginx/error.log"
     ;;
   esac
-  for _ in $(seq 50); do
-    [[ $1 == axon ]] && port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$out")
-    [[ -n $port ]] && (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    kill -0 "$spid" 2>/dev/null || break
-    sleep 0.1
-  done
-  note "$1 did not come up within 5 s (see $tmp/$1.err)"
-  server_stop
-  return 1
+  server_wait "$1" connect
 }
-
-# Stop the server by its pid: SIGTERM, SIGKILL after 3 s (nginx's master
-# takes its worker down with it on SIGTERM).
-server_stop() {
-  [[ -n $spid ]] || return 0
-  kill -TERM "$spid" 2>/dev/null || true
-  for _ in $(seq 30); do
-    kill -0 "$spid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$spid" 2>/dev/null; then
-    note "server pid $spid ignored SIGTERM for 3 s: SIGKILL"
-    kill -KILL "$spid" 2>/dev/null || true
-  fi
-  wait "$spid" 2>/dev/null || true
-  spid= port=
-}
-trap 'server_stop; lock_drop' EXIT
-trap 'exit 130' INT TERM
 
 # wrk's 99% latency line in µs.
 p99_us() {
@@ -153,42 +110,20 @@ p99_us() {
 # One pair: server $1, then wrk. Sets `result` to "rps p99_us", or to
 # nothing (with a note and status 1).
 pair() {
-  local impl=$1 out=$tmp/wrk-$1.out rc=0
+  local impl=$1 out=$logdir/wrk-$1.out rc=0 rps p99
   result=
-  lock_take
-  if ! server_start "$impl"; then
-    lock_drop
-    status=1
-    return 0
-  fi
+  pair_begin "$impl" || return 0
   timeout -k 2 $((secs + 20)) taskset -c "$CLIENT_CPU" wrk -t"$threads" -c"$conns" -d"${secs}s" \
     --latency "http://127.0.0.1:$port/" >"$out" 2>&1 || rc=$?
-  server_stop
-  lock_drop
-  local rps p99
+  pair_end
   rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
   p99=$(p99_us "$out")
   if [[ $rc -ne 0 || -z $rps ]]; then
-    note "$impl: wrk exit $rc"
-    sed 's/^/http.sh:   /' "$out" >&2
-    status=1
+    run_failed "$impl: wrk exit $rc" "$out"
     return 0
   fi
   grep -E 'Non-2xx|Socket errors' "$out" | sed "s/^/http.sh: $impl: /" >&2
   result="$rps $p99"
-}
-
-median() {
-  tr ' ' '\n' <<<"$1" | grep . | sort -g |
-    awk '{ v[NR] = $1 } END {
-      if (NR == 0) print "NA"
-      else if (NR % 2) print v[(NR + 1) / 2]
-      else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-ratio() {
-  awk -v a="$1" -v b="$2" 'BEGIN {
-    if (a == "NA" || b == "NA" || b + 0 == 0) print "NA"; else printf "%.3f\n", a / b }'
 }
 
 declare -A rps p99
@@ -210,5 +145,5 @@ for impl in axon nginx; do
 done
 echo "bench=http impl=axon_vs_nginx conns=$conns rps=$(ratio "${rps[axon]}" "${rps[nginx]}")" \
   "p99_us=$(ratio "${p99[axon]}" "${p99[nginx]}")"
-[[ $status -eq 0 ]] && rm -rf "$tmp"
+[[ $status -eq 0 ]] && rm -rf "$logdir"
 exit $status

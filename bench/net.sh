@@ -10,7 +10,7 @@
 # from its "listening on 127.0.0.1:PORT" line. Each server+client pair holds
 # $NET_LOCK (the peers harness's /tmp/bench.lock; "" for none) so it does not
 # overlap another benchmark that honours the lock. Everything is bounded by
-# `timeout`.
+# `timeout`. The machinery (lock, servers, pairs, medians) is bench/netlib.sh.
 #
 #   echo        for C in 1 100 1000 10000 and each impl (axon-epoll,
 #               axon-uring, raw-epoll, libuv): axload -m echo -s 64 -p 1
@@ -60,11 +60,11 @@ set -euo pipefail
 
 dir=${1:?usage: net.sh BENCH_DIR echo|sink|conn_scale}
 what=${2:?usage: net.sh BENCH_DIR echo|sink|conn_scale}
+# shellcheck source=bench/netlib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/netlib.sh" net.sh
 build=$(cd "$dir/.." && pwd)
 axload=$build/tools/axload
 ex=$build/examples
-SERVER_CPU=${SERVER_CPU:-0}
-CLIENT_CPU=${CLIENT_CPU:-1}
 if [[ ${NET_SHORT:-} == 1 ]]; then
   rounds=${NET_ROUNDS:-1} conns_list=${NET_CONNS:-"1 100"}
   warm=${NET_WARM:-0.5} secs=${NET_SECS:-1}
@@ -74,8 +74,6 @@ else
 fi
 hold_secs=${NET_HOLD_SECS:-15}
 lock=${NET_LOCK-/tmp/bench.lock}
-
-note() { echo "net.sh: $*" >&2; }
 
 axon_echo=${AXON_ECHO:-$ex/echo_proactor}
 if [[ -z ${AXON_ECHO:-} && ! -x $axon_echo ]]; then
@@ -89,10 +87,8 @@ done
 
 logdir=$(mktemp -d /tmp/axon-net.XXXXXX)
 note "$what: server logs in $logdir; load average $(cut -d' ' -f1-3 /proc/loadavg)"
-status=0
-spid='' port='' lock_fd='' result=''
 
-# The command line of server implementation $1.
+# The command line of server implementation $1 (for netlib's server_start).
 server_cmd() {
   case $1 in
   axon-epoll) echo "$axon_echo --port 0 --backend epoll" ;;
@@ -106,140 +102,10 @@ server_cmd() {
   esac
 }
 
-lock_take() {
-  [[ -n $lock ]] || return 0
-  exec {lock_fd}>>"$lock"
-  flock -w 900 "$lock_fd" || note "$lock still held after 900 s: running anyway"
-}
-lock_drop() {
-  [[ -n $lock && -n $lock_fd ]] || return 0
-  exec {lock_fd}>&-
-  lock_fd=
-}
-
-# Start server $1 (an impl name), pinned; sets spid and port. Waits up to
-# 5 s for its "listening on" line.
-server_start() {
-  local out=$logdir/$1.out cmd
-  cmd=$(server_cmd "$1") || return 1
-  : >"$out"
-  # shellcheck disable=SC2086 # the command line is split on purpose
-  taskset -c "$SERVER_CPU" $cmd >"$out" 2>>"$logdir/$1.err" &
-  spid=$!
-  for _ in $(seq 50); do
-    port=$(sed -n 's/^listening on 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$out")
-    [[ -n $port ]] && return 0
-    kill -0 "$spid" 2>/dev/null || break
-    sleep 0.1
-  done
-  note "$1 did not say 'listening on' within 5 s (see $logdir/$1.err)"
-  server_stop
-  return 1
-}
-
-# Stop the server by its pid: SIGTERM, SIGKILL after 3 s.
-server_stop() {
-  [[ -n $spid ]] || return 0
-  kill -TERM "$spid" 2>/dev/null || true
-  for _ in $(seq 30); do
-    kill -0 "$spid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$spid" 2>/dev/null; then
-    note "server pid $spid ignored SIGTERM for 3 s: SIGKILL"
-    kill -KILL "$spid" 2>/dev/null || true
-  fi
-  wait "$spid" 2>/dev/null || true
-  spid=
-}
-trap 'server_stop; lock_drop' EXIT
-trap 'exit 130' INT TERM
-
-# One pair: server $1, then axload with the remaining arguments. Sets
-# `result` to axload's summary line, or to nothing (with a note and status
-# 1) when the run failed. (No $(...) around it: the server's pid must stay
-# in this shell for the EXIT trap.)
-pair() {
-  local impl=$1 line rc=0
-  shift
-  result=
-  lock_take
-  if ! server_start "$impl"; then
-    lock_drop
-    status=1
-    return 0
-  fi
-  local limit
-  limit=$(awk -v w="$warm" -v d="$secs" 'BEGIN { printf "%d", w + d + 15 }')
-  line=$(timeout -k 2 "$limit" taskset -c "$CLIENT_CPU" "$axload" -q "$@" "127.0.0.1:$port" \
-    2>"$logdir/axload.err") || rc=$?
-  server_stop
-  lock_drop
-  if [[ $rc -ne 0 ]]; then
-    note "$impl $*: axload exit $rc: $line"
-    sed 's/^/net.sh:   /' "$logdir/axload.err" >&2
-    status=1
-    return 0
-  fi
-  result=$line
-}
-
-# The value of key $2 in summary line $1.
-kv() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
-
-# Median of the numbers in $1 (space-separated); NA when empty.
-median() {
-  tr ' ' '\n' <<<"$1" | grep . | sort -g |
-    awk '{ v[NR] = $1 } END {
-      if (NR == 0) print "NA"
-      else if (NR % 2) print v[(NR + 1) / 2]
-      else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-# $1 / $2 with 3 decimals; NA when either is NA or the divisor is 0.
-ratio() {
-  awk -v a="$1" -v b="$2" 'BEGIN {
-    if (a == "NA" || b == "NA" || b + 0 == 0) print "NA"; else printf "%.3f\n", a / b }'
-}
-
-# Print $1 (a list) rotated left by $2 places.
-rotate() {
-  local -a v
-  read -ra v <<<"$1"
-  local n=${#v[@]} i
-  for ((i = 0; i < n; i++)); do printf '%s ' "${v[(i + $2) % n]}"; done
-}
-
+# Echo: every impl, the axon ones against raw epoll and libuv (netlib.sh).
 bench_echo() {
-  local impls="axon-epoll axon-uring raw-epoll libuv" r c impl line
-  local -A rps p99
-  for ((r = 0; r < rounds; r++)); do
-    for c in $conns_list; do
-      for impl in $(rotate "$impls" "$r"); do
-        pair "$impl" -m echo -s 64 -p 1 -c "$c" -r 0 -w "$warm" -d "$secs"
-        line=$result
-        [[ -n $line ]] || continue
-        note "round $((r + 1)) $impl: $line"
-        rps[$impl $c]+="$(kv "$line" rps) "
-        p99[$impl $c]+="$(kv "$line" p99_us) "
-      done
-    done
-  done
-  local -A mr mp
-  for c in $conns_list; do
-    for impl in $impls; do
-      mr[$impl]=$(median "${rps[$impl $c]:-}")
-      mp[$impl]=$(median "${p99[$impl $c]:-}")
-      echo "bench=echo impl=$impl conns=$c rps=${mr[$impl]} p99_us=${mp[$impl]}"
-    done
-    local pair_ a b
-    for pair_ in axon-epoll:libuv axon-epoll:raw-epoll axon-uring:libuv axon-uring:raw-epoll \
-      axon-uring:axon-epoll; do
-      a=${pair_%%:*} b=${pair_#*:}
-      echo "bench=echo impl=${a}_vs_$b conns=$c rps=$(ratio "${mr[$a]}" "${mr[$b]}")" \
-        "p99_us=$(ratio "${mp[$a]}" "${mp[$b]}")"
-    done
-  done
+  echo_bench echo "axon-epoll axon-uring raw-epoll libuv" \
+    "axon-epoll:libuv axon-epoll:raw-epoll axon-uring:libuv axon-uring:raw-epoll axon-uring:axon-epoll"
 }
 
 bench_sink() {
@@ -271,8 +137,7 @@ nfds() { find "/proc/$1/fd" -mindepth 1 -maxdepth 1 2>/dev/null | wc -l; }
 scale_one() {
   local impl=$1 soft n base rss0 rss1 held=0 fds prev=-1 still=0 line apid out rc=0
   result=
-  lock_take
-  server_start "$impl" || { lock_drop; status=1; return 0; }
+  pair_begin "$impl" || return 0
   soft=$(awk '/^Max open files/ { print $4 }' "/proc/$spid/limits")
   [[ $soft == unlimited ]] && soft=20000
   n=$((soft - 100))
@@ -298,14 +163,10 @@ scale_one() {
   rss1=$(rss_kib "$spid")
   fds=$(($(nfds "$spid") - base))
   wait "$apid" || rc=$?
-  server_stop
-  lock_drop
+  pair_end
   line=$(cat "$out")
-  if [[ $rc -ne 0 || -z $line ]]; then
-    note "conn_scale $impl: axload exit $rc: $line"
-    sed 's/^/net.sh:   /' "$logdir/axload.err" >&2
-    status=1
-  fi
+  [[ $rc -ne 0 || -z $line ]] &&
+    run_failed "conn_scale $impl: axload exit $rc: $line" "$logdir/axload.err"
   held=$(kv "$line" held)
   [[ -n $held && $held != "$fds" ]] &&
     note "conn_scale $impl: axload held $held, the server had $fds at the sample"
