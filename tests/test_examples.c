@@ -8,194 +8,23 @@
  * so a failed assertion never leaves one behind; every wait has a deadline,
  * after which the child is killed. Only 127.0.0.1 is used.
  */
-#include "testutil.h"
-
-#include <arpa/inet.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <signal.h>
-#include <stdbool.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
+#include "childutil.h"
 
 #define EXAMPLE(name) AX_BUILD_DIR "/examples/" name
 
-extern char **environ;
-
-/* The backend under test; ax_test_backend is epoll for the default run. */
-static const char *backend_name(void) {
-  return ax_test_backend_name(ax_test_backend);
-}
-
-/* mono_ms() as a signed value, for deadline arithmetic. */
-static int64_t now_ms(void) { return (int64_t)mono_ms(); }
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
-
 /* ------------------------------------------------------------------------ */
-/* Children                                                                  */
+/* Children (spawn, child_line, the clients and the rest: childutil.h)      */
 /* ------------------------------------------------------------------------ */
 
-struct child {
-  bool used; /* slot taken; the fields below are valid */
-  pid_t pid; /* 0 once reaped */
-  int in;    /* write end of the child's stdin pipe, or -1 */
-  int out;   /* read end of the child's stdout pipe, or -1 */
-  char *acc; /* stdout read so far and not consumed: acc[0, len) */
-  size_t len, cap;
-  bool eof;
-};
-
-#define MAX_CHILDREN 4
-static struct child children[MAX_CHILDREN];
-
-static void close_fd(int *fd) {
-  if (*fd >= 0) close(*fd);
-  *fd = -1;
-}
-
-static void child_release(struct child *c) {
-  if (!c->used) return;
-  close_fd(&c->in);
-  close_fd(&c->out);
-  free(c->acc);
-  memset(c, 0, sizeof *c);
-}
-
-static const char *status_str(int st, char *buf, size_t len) {
-  if (WIFEXITED(st))
-    snprintf(buf, len, "exit status %d", WEXITSTATUS(st));
-  else if (WIFSIGNALED(st))
-    snprintf(buf, len, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
-  else
-    snprintf(buf, len, "wait status 0x%x", st);
-  return buf;
-}
-
-/*
- * Start @argv[0] with a stdout pipe, stdin from a pipe (@stdin_path NULL) or
- * from @stdin_path; @env_add ("NAME=value") added to the environment if not
- * NULL; RLIMIT_NOFILE set to @nofile if > 0.
- */
-static struct child *spawn(char *const argv[], const char *stdin_path, const char *env_add,
-                           rlim_t nofile) {
-  struct child *c = NULL;
-  for (int i = 0; i < MAX_CHILDREN && !c; i++)
-    if (!children[i].used) c = &children[i];
-  assert_non_null(c);
-  if (access(argv[0], X_OK) != 0)
-    fail_msg("%s: %s (build the examples first)", argv[0], strerror(errno));
-
-  size_t n = 0;
-  while (environ[n]) n++;
-  char **envp = calloc(n + 2, sizeof *envp);
-  assert_non_null(envp);
-  size_t k = 0;
-  for (size_t i = 0; i < n; i++)
-    if (strncmp(environ[i], "AXON_BACKEND=", 13) != 0) envp[k++] = environ[i];
-  if (env_add) envp[k++] = (char *)env_add;
-
-  int in[2] = {-1, -1}, out[2] = {-1, -1};
-  if (stdin_path)
-    in[0] = open(stdin_path, O_RDONLY | O_CLOEXEC);
-  else if (pipe2(in, O_CLOEXEC) != 0)
-    in[0] = -1;
-  if (in[0] < 0 || pipe2(out, O_CLOEXEC) != 0) {
-    int err = errno;
-    free(envp);
-    close_fd(&in[0]);
-    close_fd(&in[1]);
-    fail_msg("pipes for child: %s", strerror(err));
-  }
-
-  pid_t pid = fork();
-  if (pid == 0) {
-    /* The examples must cope with SIGPIPE at its default (deadly) action and
-     * with no signal blocked, whatever the test process does. */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    struct rlimit rl = {nofile, nofile};
-    if (nofile > 0 && setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(126);
-    if (dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0) _exit(126);
-    execve(argv[0], argv, envp);
-    _exit(127);
-  }
-  int err = errno;
-  free(envp);
-  close(in[0]);
-  close(out[1]);
-  if (pid < 0) {
-    close_fd(&in[1]);
-    close(out[0]);
-    fail_msg("fork: %s", strerror(err));
-  }
-  c->used = true;
-  c->pid = pid;
-  c->in = in[1];
-  c->out = out[0];
-  return c;
-}
-
-/* Wait up to @timeout_ms for @c to exit; on time-out kill it and fail. */
-static int child_wait(struct child *c, int timeout_ms) {
-  int64_t deadline = now_ms() + timeout_ms;
-  int st = 0;
-  for (;;) {
-    pid_t r = waitpid(c->pid, &st, WNOHANG);
-    if (r == c->pid) break;
-    if (r < 0 && errno != EINTR) fail_msg("waitpid: %s", strerror(errno));
-    if (now_ms() > deadline) {
-      kill(c->pid, SIGKILL);
-      waitpid(c->pid, &st, 0);
-      child_release(c);
-      fail_msg("child did not exit within %d ms: killed", timeout_ms);
-    }
-    sleep_ms(5);
-  }
-  c->pid = 0;
-  return st;
-}
-
-/* Assert @c exits with status 0 within @timeout_ms, then release it. */
-static void child_expect_exit0(struct child *c, int timeout_ms) {
-  char buf[96];
-  int st = child_wait(c, timeout_ms);
-  child_release(c);
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-    fail_msg("child ended with %s, want exit status 0", status_str(st, buf, sizeof buf));
-}
-
-/* What a failed test may leave behind, released by cleanup(). */
-static struct client *g_clients;
-static struct pollfd *g_pollfds;
-static size_t g_nclients;
+/* What a failed test may leave behind besides children and clients,
+ * released by cleanup(). */
 static char g_tmpdir[64];
-static void clients_free(void);
 
 /* The teardown of every test: kill and reap every child still registered
  * (by pid), close every client, remove the temporary files. */
 static int cleanup(void **state) {
   (void)state;
-  for (int i = 0; i < MAX_CHILDREN; i++) {
-    if (children[i].used && children[i].pid > 0) {
-      kill(children[i].pid, SIGKILL);
-      waitpid(children[i].pid, NULL, 0);
-    }
-    child_release(&children[i]);
-  }
+  children_reap();
   clients_free();
   if (g_tmpdir[0]) {
     char path[128];
@@ -210,233 +39,14 @@ static int cleanup(void **state) {
   return 0;
 }
 
-/* Read what the child printed, waiting at most until @deadline; false on
- * time-out. Stops at EOF (c->eof). */
-static bool child_read(struct child *c, int64_t deadline) {
-  if (c->cap - c->len < 4096) {
-    c->cap = c->cap ? c->cap * 2 : 65536;
-    c->acc = realloc(c->acc, c->cap);
-    assert_non_null(c->acc);
-  }
-  int64_t left = deadline - now_ms();
-  if (left < 0) return false;
-  struct pollfd p = {.fd = c->out, .events = POLLIN};
-  int r = poll(&p, 1, (int)left);
-  if (r < 0 && errno == EINTR) return true;
-  if (r < 0) fail_msg("poll: %s", strerror(errno));
-  if (r == 0) return false;
-  ssize_t n = read(c->out, c->acc + c->len, c->cap - c->len);
-  if (n < 0 && errno != EINTR) fail_msg("read child stdout: %s", strerror(errno));
-  if (n == 0) c->eof = true;
-  if (n > 0) c->len += (size_t)n;
-  return true;
-}
-
-/* The next line the child prints (without '\n'), into @buf; fails on EOF or
- * time-out. */
-static void child_line(struct child *c, char *buf, size_t size, int timeout_ms) {
-  int64_t deadline = now_ms() + timeout_ms;
-  for (;;) {
-    char *nl = c->acc ? memchr(c->acc, '\n', c->len) : NULL;
-    if (nl) {
-      size_t n = (size_t)(nl - c->acc);
-      snprintf(buf, size, "%.*s", (int)n, c->acc);
-      c->len -= n + 1;
-      memmove(c->acc, nl + 1, c->len);
-      return;
-    }
-    if (c->eof) fail_msg("child closed stdout before a full line (%zu bytes)", c->len);
-    if (!child_read(c, deadline)) fail_msg("no line from child within %d ms", timeout_ms);
-  }
-}
-
-/* Everything the child prints until it closes stdout. */
-static void child_read_all(struct child *c, int timeout_ms) {
-  int64_t deadline = now_ms() + timeout_ms;
-  while (!c->eof)
-    if (!child_read(c, deadline)) fail_msg("child stdout still open after %d ms", timeout_ms);
-}
-
 /* ------------------------------------------------------------------------ */
 /* Echo server and clients                                                   */
 /* ------------------------------------------------------------------------ */
 
-/* Start an echo server example (@argv ends with NULL) and read its port
- * from the "listening on" line every echo example prints. */
-static struct child *start_server(char **argv, rlim_t nofile, unsigned *port) {
-  struct child *c = spawn(argv, "/dev/null", NULL, nofile);
-  char line[128];
-  child_line(c, line, sizeof line, 10000);
-  int used = 0;
-  if (sscanf(line, "listening on 127.0.0.1:%u%n", port, &used) != 1 || line[used] != 0 ||
-      *port == 0)
-    fail_msg("unexpected first line from %s: \"%s\"", argv[0], line);
-  return c;
-}
-
 static struct child *start_echo(rlim_t nofile, unsigned *port) {
   char *argv[] = {EXAMPLE("echo_reactor"), "--port", "0", "--backend",
                   (char *)backend_name(),  NULL};
-  return start_server(argv, nofile, port);
-}
-
-/* SIGTERM (or @signo) must end the server with status 0 within 10 s. */
-static void stop_echo(struct child *c, int signo) {
-  assert_int_equal(kill(c->pid, signo), 0);
-  child_expect_exit0(c, 10000);
-}
-
-static void assert_alive(struct child *c) {
-  int st;
-  char buf[96];
-  pid_t r = waitpid(c->pid, &st, WNOHANG);
-  if (r == c->pid) {
-    c->pid = 0;
-    fail_msg("echo_reactor died: %s", status_str(st, buf, sizeof buf));
-  }
-}
-
-struct client {
-  int fd;
-  unsigned char *data; /* what we send, and so what must come back */
-  size_t size, sent, recvd;
-  bool connected, half_close, shut, done;
-};
-
-static void clients_free(void) {
-  for (size_t i = 0; i < g_nclients; i++) {
-    close_fd(&g_clients[i].fd);
-    free(g_clients[i].data);
-  }
-  free(g_clients);
-  free(g_pollfds);
-  g_clients = NULL;
-  g_pollfds = NULL;
-  g_nclients = 0;
-}
-
-/* A non-blocking connect to 127.0.0.1:@port. */
-static int connect_nb(unsigned port) {
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) fail_msg("socket: %s", strerror(errno));
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) {
-    int err = errno;
-    close(fd);
-    fail_msg("connect 127.0.0.1:%u: %s", port, strerror(err));
-  }
-  return fd;
-}
-
-/* Make @n clients with distinct pseudo-random data of @min..@max bytes.
- * half: 0 none, 1 every client, 2 every other client half-closes after
- * sending (and then expects the full echo followed by EOF). */
-static void clients_make(size_t n, size_t min, size_t max, uint64_t seed, int half) {
-  clients_free();
-  g_clients = calloc(n, sizeof *g_clients);
-  g_pollfds = calloc(n, sizeof *g_pollfds);
-  assert_non_null(g_clients);
-  assert_non_null(g_pollfds);
-  for (size_t i = 0; i < n; i++) g_clients[i].fd = -1;
-  g_nclients = n;
-  for (size_t i = 0; i < n; i++) {
-    struct client *cl = &g_clients[i];
-    uint64_t s = seed * 0x9E3779B97F4A7C15ull + i + 1;
-    cl->size = min + (max > min ? xorshift(&s) % (max - min + 1) : 0);
-    cl->data = malloc(cl->size);
-    assert_non_null(cl->data);
-    for (size_t j = 0; j < cl->size; j++) cl->data[j] = (unsigned char)(xorshift(&s) >> 24);
-    cl->half_close = half == 1 || (half == 2 && i % 2 == 1);
-  }
-}
-
-static void client_send(struct client *cl, size_t i) {
-  size_t want = cl->size - cl->sent < 65536 ? cl->size - cl->sent : 65536;
-  ssize_t w = send(cl->fd, cl->data + cl->sent, want, MSG_NOSIGNAL);
-  if (w < 0 && errno != EAGAIN && errno != EINTR)
-    fail_msg("client %zu: send after %zu bytes: %s", i, cl->sent, strerror(errno));
-  if (w > 0) cl->sent += (size_t)w;
-  if (cl->sent == cl->size && cl->half_close && !cl->shut) {
-    if (shutdown(cl->fd, SHUT_WR) != 0) fail_msg("client %zu: shutdown: %s", i, strerror(errno));
-    cl->shut = true;
-  }
-}
-
-static void client_recv(struct client *cl, size_t i) {
-  static unsigned char buf[65536];
-  ssize_t r = recv(cl->fd, buf, sizeof buf, 0);
-  if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
-  if (r < 0)
-    fail_msg("client %zu: recv after %zu of %zu bytes: %s", i, cl->recvd, cl->size,
-             strerror(errno));
-  if (r == 0) {
-    if (!cl->half_close || cl->recvd != cl->size)
-      fail_msg("client %zu: EOF after %zu of %zu bytes%s", i, cl->recvd, cl->size,
-               cl->half_close ? "" : " (server closed a connection we kept open)");
-    cl->done = true;
-    return;
-  }
-  if (cl->recvd + (size_t)r > cl->size)
-    fail_msg("client %zu: %zu bytes echoed, only %zu sent", i, cl->recvd + (size_t)r, cl->size);
-  for (ssize_t j = 0; j < r; j++)
-    if (buf[j] != cl->data[cl->recvd + (size_t)j])
-      fail_msg("client %zu: byte %zu is 0x%02x, sent 0x%02x", i, cl->recvd + (size_t)j, buf[j],
-               cl->data[cl->recvd + (size_t)j]);
-  cl->recvd += (size_t)r;
-  /* A client that keeps its side open is done with the full echo; a
-   * half-closed one waits for the server's EOF too. */
-  if (cl->recvd == cl->size && !cl->half_close) cl->done = true;
-}
-
-/* Run every client against 127.0.0.1:@port at once until all are done. */
-static void clients_run(unsigned port, int timeout_ms) {
-  size_t n = g_nclients, left = n;
-  struct pollfd *p = g_pollfds;
-  for (size_t i = 0; i < n; i++) g_clients[i].fd = connect_nb(port);
-  int64_t deadline = now_ms() + timeout_ms;
-  while (left > 0) {
-    for (size_t i = 0; i < n; i++) {
-      struct client *cl = &g_clients[i];
-      p[i].fd = cl->done ? -1 : cl->fd;
-      p[i].events = !cl->connected || cl->sent < cl->size ? POLLOUT : 0;
-      if (cl->connected) p[i].events |= POLLIN;
-      p[i].revents = 0;
-    }
-    int64_t wait = deadline - now_ms();
-    int r = wait < 0 ? 0 : poll(p, n, wait > 1000 ? 1000 : (int)wait);
-    if (r < 0 && errno != EINTR) fail_msg("poll: %s", strerror(errno));
-    if (wait < 0) {
-      size_t i = 0;
-      while (g_clients[i].done) i++;
-      fail_msg("%zu of %zu clients unfinished after %d ms (client %zu: sent %zu, got %zu of %zu)",
-               left, n, timeout_ms, i, g_clients[i].sent, g_clients[i].recvd, g_clients[i].size);
-    }
-    for (size_t i = 0; r > 0 && i < n; i++) {
-      struct client *cl = &g_clients[i];
-      if (!p[i].revents) continue;
-      if (!cl->connected) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        if (getsockopt(cl->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-        if (err) fail_msg("client %zu: connect: %s", i, strerror(err));
-        cl->connected = true;
-      }
-      if ((p[i].revents & POLLOUT) && cl->sent < cl->size) client_send(cl, i);
-      if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) client_recv(cl, i);
-      if (cl->done) {
-        close_fd(&cl->fd);
-        left--;
-      }
-    }
-  }
-}
-
-static void echo_roundtrip(unsigned port, size_t n, size_t min, size_t max, int half) {
-  static uint64_t seed; /* distinct data for every round, same every run */
-  clients_make(n, min, max, ++seed, half);
-  clients_run(port, 60000);
-  clients_free();
+  return start_server(argv, nofile, false, port);
 }
 
 static void test_echo_one(void **state) {
@@ -445,108 +55,16 @@ static void test_echo_one(void **state) {
   struct child *srv = start_echo(0, &port);
   echo_roundtrip(port, 1, 1, 1, 0);                   /* one byte */
   echo_roundtrip(port, 1, 300 * 1024, 300 * 1024, 0); /* > the server's 64 KiB */
-  stop_echo(srv, SIGTERM);
+  stop_server(srv, SIGTERM);
 }
 
 static void test_echo_many(void **state) {
   (void)state;
-  struct rlimit rl;
-  assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
-  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 600) {
-    printf("[  SKIPPED ] 500 connections need 600 fds; RLIMIT_NOFILE is %llu\n",
-           (unsigned long long)rl.rlim_cur);
-    skip();
-  }
+  skip_unless_nofile(600, "500 connections need 600 fds");
   unsigned port;
   struct child *srv = start_echo(0, &port);
   echo_roundtrip(port, 500, 4096, 64 * 1024, 2);
-  stop_echo(srv, SIGTERM);
-}
-
-/* A blocking client socket connected to 127.0.0.1:@port. */
-static int connect_to(unsigned port, int rcvbuf) {
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  assert_true(fd >= 0);
-  /* Set before connect, so that the advertised window follows. */
-  if (rcvbuf > 0)
-    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-    int err = errno;
-    close(fd);
-    fail_msg("connect 127.0.0.1:%u: %s", port, strerror(err));
-  }
-  return fd;
-}
-
-static void set_linger0(int fd) { /* close() then sends RST, not FIN */
-  struct linger lg = {1, 0};
-  assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-}
-
-/* Send up to @size bytes within 2 s without reading any echo, then close
- * (@reset: with RST). */
-static void client_abandon(unsigned port, size_t size, bool reset) {
-  int fd = connect_to(port, 4096);
-  static char junk[65536];
-  size_t sent = 0;
-  int64_t deadline = now_ms() + 2000;
-  while (sent < size && now_ms() < deadline) {
-    ssize_t w = send(fd, junk, size - sent < sizeof junk ? size - sent : sizeof junk,
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w > 0)
-      sent += (size_t)w;
-    else if (errno == EAGAIN)
-      sleep_ms(5); /* the server stopped reading: fine */
-    else
-      break;
-  }
-  if (reset) set_linger0(fd);
-  close(fd);
-}
-
-/*
- * The reset a server forgetting MSG_NOSIGNAL dies of. Our FIN puts the
- * server's socket in CLOSE_WAIT; a RST then makes its next send fail with
- * EPIPE (ECONNRESET otherwise), which raises SIGPIPE. For that send to
- * happen the server must still hold unsent echo when the RST comes: we send
- * 6 MiB and half-close while reading the echo much slower than it is
- * produced (a tiny receive window, at most 16 KiB a millisecond), so the
- * server's socket buffer stays full, and reset as soon as its kernel has
- * acknowledged our FIN. Kernel buffer sizes vary: this provokes the EPIPE
- * often, not always; a correct server survives it either way.
- */
-static void client_reset_in_close_wait(unsigned port) {
-  int fd = connect_to(port, 4096);
-  static char buf[65536];
-  size_t size = 6u << 20, sent = 0;
-  bool shut = false;
-  int64_t deadline = now_ms() + 5000;
-  while (now_ms() < deadline) {
-    if (sent < size) {
-      ssize_t w = send(fd, buf, size - sent < sizeof buf ? size - sent : sizeof buf,
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (w > 0)
-        sent += (size_t)w;
-      else if (errno != EAGAIN)
-        fail_msg("send after %zu bytes: %s", sent, strerror(errno));
-    }
-    if (sent == size && !shut) {
-      assert_int_equal(shutdown(fd, SHUT_WR), 0);
-      shut = true;
-    }
-    struct tcp_info ti;
-    socklen_t len = sizeof ti;
-    if (shut &&
-        (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 || ti.tcpi_state == TCP_FIN_WAIT2))
-      break; /* the server's kernel has our FIN */
-    if (recv(fd, buf, 16384, MSG_DONTWAIT) < 0 && errno != EAGAIN)
-      fail_msg("recv: %s", strerror(errno));
-    sleep_ms(1);
-  }
-  set_linger0(fd);
-  close(fd);
+  stop_server(srv, SIGTERM);
 }
 
 static void test_echo_half_close(void **state) {
@@ -557,7 +75,7 @@ static void test_echo_half_close(void **state) {
   /* Half-closed while the server holds more than it buffers: it must still
    * read the rest, echo it, and only then close. */
   echo_roundtrip(port, 3, 200 * 1024, 400 * 1024, 1);
-  stop_echo(srv, SIGTERM);
+  stop_server(srv, SIGTERM);
 }
 
 static void test_echo_reset(void **state) {
@@ -577,21 +95,7 @@ static void test_echo_reset(void **state) {
   assert_alive(srv);
   echo_roundtrip(port, 4, 1000, 100 * 1024, 2); /* still serving */
   assert_alive(srv);
-  stop_echo(srv, SIGTERM);
-}
-
-/* @n clients connect and send one chunk of 200 KiB they never read back,
- * so the server holds connections with data pending; waits 200 ms. */
-static void clients_pending(unsigned port, size_t n, uint64_t seed) {
-  clients_make(n, 200 * 1024, 200 * 1024, seed, 0);
-  for (size_t i = 0; i < n; i++) {
-    g_clients[i].fd = connect_nb(port);
-    struct pollfd p = {.fd = g_clients[i].fd, .events = POLLOUT};
-    assert_int_equal(poll(&p, 1, 5000), 1);
-    g_clients[i].connected = true;
-    client_send(&g_clients[i], i);
-  }
-  sleep_ms(200);
+  stop_server(srv, SIGTERM);
 }
 
 /* SIGINT with connections open and data pending: exit 0 (and, under ASan,
@@ -601,22 +105,8 @@ static void test_echo_sigint(void **state) {
   unsigned port;
   struct child *srv = start_echo(0, &port);
   clients_pending(port, 3, 7);
-  stop_echo(srv, SIGINT);
+  stop_server(srv, SIGINT);
   clients_free();
-}
-
-/* The resident set size of a process, in KiB. */
-static long rss_kib(pid_t pid) {
-  char path[64], line[256];
-  long kib = -1;
-  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) fail_msg("%s: %s", path, strerror(errno));
-  while (kib < 0 && fgets(line, sizeof line, f))
-    if (sscanf(line, "VmRSS: %ld kB", &kib) != 1) kib = -1;
-  fclose(f);
-  if (kib < 0) fail_msg("no VmRSS in %s", path);
-  return kib;
 }
 
 /* A client that sends and never reads must not make the server buffer
@@ -627,20 +117,7 @@ static void test_echo_bounded(void **state) {
   struct child *srv = start_echo(0, &port);
   long before = rss_kib(srv->pid);
   int fd = connect_to(port, 4096);
-  static char junk[65536];
-  size_t size = 64u << 20, sent = 0;
-  int64_t deadline = now_ms() + 5000, progress = now_ms();
-  while (sent < size && now_ms() < deadline && now_ms() - progress < 500) {
-    ssize_t w = send(fd, junk, sizeof junk, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w > 0) {
-      sent += (size_t)w;
-      progress = now_ms();
-    } else if (errno == EAGAIN) {
-      sleep_ms(1);
-    } else {
-      fail_msg("send after %zu bytes: %s", sent, strerror(errno));
-    }
-  }
+  size_t size = 64u << 20, sent = send_until_stalled(fd, size);
   sleep_ms(100);
   long grown = rss_kib(srv->pid) - before;
   set_linger0(fd);
@@ -648,7 +125,7 @@ static void test_echo_bounded(void **state) {
   if (grown > 16 * 1024)
     fail_msg("server grew by %ld KiB while a client sent %zu bytes and read none", grown, sent);
   assert_alive(srv);
-  stop_echo(srv, SIGTERM);
+  stop_server(srv, SIGTERM);
 }
 
 /* CPU time (user + system) the process has used, in clock ticks. */
@@ -720,7 +197,7 @@ static void test_echo_emfile(void **state) {
   size_t all = collect_echoes(got, N, 5000);
   if (all != N)
     fail_msg("%zu of %zu queued clients served after fds were freed", all - first, N - first);
-  stop_echo(srv, SIGTERM);
+  stop_server(srv, SIGTERM);
   clients_free();
 }
 
@@ -749,7 +226,7 @@ static void test_timers(void **state) {
   snprintf(env, sizeof env, "AXON_BACKEND=%s", backend_name());
   char *argv[] = {EXAMPLE("timers"), NULL};
   int64_t start = now_ms();
-  struct child *c = spawn(argv, "/dev/null", env, 0);
+  struct child *c = spawn(argv, "/dev/null", env, 0, false);
   char line[256];
   unsigned long long prev = 0;
   for (size_t i = 0; i < nwant; i++) {
@@ -777,7 +254,7 @@ static void test_hello(void **state) {
   char env[64];
   snprintf(env, sizeof env, "AXON_BACKEND=%s", backend_name());
   char *argv[] = {EXAMPLE("hello"), NULL};
-  struct child *c = spawn(argv, "/dev/null", env, 0);
+  struct child *c = spawn(argv, "/dev/null", env, 0, false);
   child_read_all(c, 5000);
   const char want[] = "tick 1\ntick 2\ntick 3\ntick 4\n";
   if (c->len != sizeof want - 1 || memcmp(c->acc, want, sizeof want - 1) != 0)
@@ -792,7 +269,7 @@ static void test_hello_actor(void **state) {
   char env[64];
   snprintf(env, sizeof env, "AXON_BACKEND=%s", backend_name());
   char *argv[] = {EXAMPLE("hello_actor"), NULL};
-  struct child *c = spawn(argv, "/dev/null", env, 0);
+  struct child *c = spawn(argv, "/dev/null", env, 0, false);
   child_read_all(c, 5000);
   const char want[] = "ping hits 1 on worker 0\npong hits 2 on worker 1\n"
                       "ping hits 3 on worker 0\npong hits 4 on worker 1\n"
@@ -812,7 +289,7 @@ static void stdin_expect(const char *const *pieces, size_t npieces, const char *
   char env[64];
   snprintf(env, sizeof env, "AXON_BACKEND=%s", backend_name());
   char *argv[] = {EXAMPLE("stdin"), NULL};
-  struct child *c = spawn(argv, NULL, env, 0);
+  struct child *c = spawn(argv, NULL, env, 0, false);
   int fl = fcntl(c->in, F_GETFL);
   assert_int_equal(fcntl(c->in, F_SETFL, fl | O_NONBLOCK), 0);
   int64_t deadline = now_ms() + 10000;
@@ -885,7 +362,7 @@ static void test_stdin_file(void **state) {
   const char *wants[] = {"1: one\n2: two\n", ""};
   for (int i = 0; i < 2; i++) {
     char *argv[] = {EXAMPLE("stdin"), NULL};
-    struct child *c = spawn(argv, inputs[i], env, 0);
+    struct child *c = spawn(argv, inputs[i], env, 0, false);
     child_read_all(c, 10000);
     if (c->len != strlen(wants[i]) || memcmp(c->acc, wants[i], c->len) != 0)
       fail_msg("stdin < %s printed \"%.*s\", want \"%s\"", inputs[i], (int)c->len,
@@ -902,7 +379,7 @@ static struct child *start_fswatch(const char *path, const char *count) {
   char env[64];
   snprintf(env, sizeof env, "AXON_BACKEND=%s", backend_name());
   char *argv[] = {EXAMPLE("fswatch"), (char *)path, count ? "--count" : NULL, (char *)count, NULL};
-  struct child *c = spawn(argv, "/dev/null", env, 0);
+  struct child *c = spawn(argv, "/dev/null", env, 0, false);
   char line[256], want[256];
   snprintf(want, sizeof want, "watching %s", path);
   child_line(c, line, sizeof line, 10000);
@@ -961,7 +438,7 @@ static void test_fswatch_dir(void **state) {
 static struct child *start_echo_threads(unsigned *port) {
   char *argv[] = {EXAMPLE("echo_threads"), "--port",    "0", "--workers", "3",
                   "--backend",             (char *)backend_name(), NULL};
-  return start_server(argv, 0, port);
+  return start_server(argv, 0, false, port);
 }
 
 /* After SIGTERM: one "worker i: N connections" line per worker; every

@@ -10,15 +10,7 @@
  * Every wait is bounded (10 s per read, an alarm per test that kills the
  * children); no timing is asserted. Only 127.0.0.1 is used.
  */
-#include "testutil.h"
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
+#include "childutil.h"
 
 #define HTTPD AX_BUILD_DIR "/examples/httpd"
 #define FUZZER "build/fuzz/fuzz_http"
@@ -34,83 +26,39 @@
 #define FORBIDDEN "HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\nforbidden\n"
 #define BAD "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
 
-static pid_t g_child;          /* the server, 0 when none */
-static int g_out = -1;         /* its stdout */
+static struct child *g_srv;    /* the server, NULL when none */
+static pid_t g_child;          /* the fuzzer, 0 when none */
 static char g_dir[64];         /* the temporary directory, "" when none */
 static unsigned char *g_big;   /* the big file's bytes */
-
-static int64_t now_ms(void) { return (int64_t)mono_ms(); }
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
 
 /* ------------------------------------------------------------------------ */
 /* The server                                                                */
 /* ------------------------------------------------------------------------ */
 
 /* Start httpd with @extra arguments (NULL-terminated, at most 6) and return
- * its port, read from its "listening on 127.0.0.1:PORT" line. */
+ * its port, read from its "listening on 127.0.0.1:PORT" line (childutil.h's
+ * start_server: within 10 s). */
 static unsigned start(const char *const *extra) {
   char *argv[12] = {HTTPD, "--port", "0"};
   int n = 3;
   while (extra && *extra && n < 10) argv[n++] = (char *)*extra++;
   argv[n] = NULL;
-  if (access(HTTPD, X_OK) != 0) fail_msg("%s: %s (build the examples first)", HTTPD, strerror(errno));
-  int out[2];
-  assert_int_equal(pipe2(out, O_CLOEXEC), 0);
-  pid_t pid = fork();
-  assert_true(pid >= 0);
-  if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    if (dup2(out[1], 1) < 0) _exit(126);
-    execv(argv[0], argv);
-    _exit(127);
-  }
-  close(out[1]);
-  if (g_out >= 0) close(g_out);
-  g_child = pid;
-  g_out = out[0];
-  char line[128];
-  size_t len = 0;
-  while (len < sizeof line - 1 && (len == 0 || line[len - 1] != '\n')) {
-    struct pollfd p = {.fd = g_out, .events = POLLIN};
-    if (poll(&p, 1, WAIT_MS) != 1) fail_msg("httpd printed no line in 10 s");
-    ssize_t r = read(g_out, line + len, 1);
-    if (r <= 0) fail_msg("httpd closed stdout before its first line");
-    len += (size_t)r;
-  }
-  line[len] = 0;
   unsigned port = 0;
-  if (sscanf(line, "listening on 127.0.0.1:%u", &port) != 1 || port == 0)
-    fail_msg("unexpected first line from httpd: \"%s\"", line);
+  g_srv = start_server(argv, 0, false, &port);
   return port;
 }
 
 /* @signo must end the server with exit status 0 within 10 s. */
 static void stop(int signo) {
-  int st = 0;
-  assert_int_equal(kill(g_child, signo), 0);
-  int64_t deadline = now_ms() + WAIT_MS;
-  while (waitpid(g_child, &st, WNOHANG) != g_child) {
-    if (now_ms() > deadline) fail_msg("httpd did not exit within 10 s of signal %d", signo);
-    sleep_ms(5);
-  }
-  g_child = 0;
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) fail_msg("httpd ended with wait status 0x%x", st);
+  stop_server(g_srv, signo);
+  g_srv = NULL;
 }
 
 static void watchdog_fire(int signo) {
   static const char msg[] = "ERROR: test_httpd: a test ran past its alarm\n";
   (void)signo;
   if (g_child > 0) kill(g_child, SIGKILL);
-  if (write(2, msg, sizeof msg - 1) < 0) _exit(4);
-  _exit(3);
+  watchdog_exit(msg, sizeof msg - 1);
 }
 
 static int setup(void **state) {
@@ -133,13 +81,13 @@ static void rm_dir(void) {
 static int cleanup(void **state) {
   (void)state;
   alarm(0);
+  children_reap();
+  g_srv = NULL;
   if (g_child > 0) {
     kill(g_child, SIGKILL);
     waitpid(g_child, NULL, 0);
   }
   g_child = 0;
-  if (g_out >= 0) close(g_out);
-  g_out = -1;
   rm_dir();
   free(g_big);
   g_big = NULL;

@@ -8,221 +8,27 @@
  * and sendfile_server (20 clients, a slow reader, the write timeout, an
  * empty file).
  *
- * The child and client helpers are test_examples.c's, adapted: clients may
- * expect bytes they did not send (sendfile), and an alarm per test kills
+ * The child and client helpers are childutil.h's (clients may expect bytes
+ * they did not send: sendfile), and an alarm per test kills
  * every child and ends the process if a test hangs past the deadlines its
  * waits already have. Every child is registered when spawned and killed by
  * pid in the teardown. Only 127.0.0.1 is used.
  */
-#include "testutil.h"
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
+#include "childutil.h"
 
 #define EXAMPLE(name) AX_BUILD_DIR "/examples/" name
 #define MIB (1024u * 1024u)
 #define XOR_KEY "s3cr3t!" /* 7 bytes: chunk sizes are never a multiple */
 #define TEST_LIMIT_S 90   /* the alarm of one test */
 
-extern char **environ;
-
-static const char *backend_name(void) { return ax_test_backend_name(ax_test_backend); }
-
-static int64_t now_ms(void) { return (int64_t)mono_ms(); }
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
-
 /* ------------------------------------------------------------------------ */
-/* Children                                                                  */
+/* Children (spawn, start_server and the rest: childutil.h)                 */
 /* ------------------------------------------------------------------------ */
-
-struct child {
-  bool used; /* slot taken; the fields below are valid */
-  pid_t pid; /* 0 once reaped */
-  int out;   /* read end of the child's stdout pipe, or -1 */
-  char *acc; /* stdout read so far and not consumed: acc[0, len) */
-  size_t len, cap;
-  bool eof;
-};
-
-#define MAX_CHILDREN 4
-static struct child children[MAX_CHILDREN];
-
-static void close_fd(int *fd) {
-  if (*fd >= 0) close(*fd);
-  *fd = -1;
-}
-
-static void child_release(struct child *c) {
-  if (!c->used) return;
-  close_fd(&c->out);
-  free(c->acc);
-  memset(c, 0, sizeof *c);
-}
-
-static const char *status_str(int st, char *buf, size_t len) {
-  if (WIFEXITED(st))
-    snprintf(buf, len, "exit status %d", WEXITSTATUS(st));
-  else if (WIFSIGNALED(st))
-    snprintf(buf, len, "killed by signal %d (%s)", WTERMSIG(st), strsignal(WTERMSIG(st)));
-  else
-    snprintf(buf, len, "wait status 0x%x", st);
-  return buf;
-}
-
-/* Start @argv[0] (argv ends with NULL) with stdin from /dev/null and a
- * stdout pipe, without AXON_BACKEND in its environment. */
-static struct child *spawn(char *const argv[]) {
-  struct child *c = NULL;
-  for (int i = 0; i < MAX_CHILDREN && !c; i++)
-    if (!children[i].used) c = &children[i];
-  assert_non_null(c);
-  if (access(argv[0], X_OK) != 0)
-    fail_msg("%s: %s (build the examples first)", argv[0], strerror(errno));
-  size_t n = 0, k = 0;
-  while (environ[n]) n++;
-  char **envp = calloc(n + 1, sizeof *envp);
-  assert_non_null(envp);
-  for (size_t i = 0; i < n; i++)
-    if (strncmp(environ[i], "AXON_BACKEND=", 13) != 0) envp[k++] = environ[i];
-  int in = open("/dev/null", O_RDONLY | O_CLOEXEC), out[2] = {-1, -1};
-  if (in < 0 || pipe2(out, O_CLOEXEC) != 0) {
-    int err = errno;
-    free(envp);
-    close_fd(&in);
-    fail_msg("pipes for child: %s", strerror(err));
-  }
-  pid_t pid = fork();
-  if (pid == 0) {
-    /* The examples must cope with SIGPIPE at its default (deadly) action and
-     * with no signal blocked, whatever the test process does. */
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGPIPE, SIG_DFL);
-    if (dup2(in, 0) < 0 || dup2(out[1], 1) < 0) _exit(126);
-    execve(argv[0], argv, envp);
-    _exit(127);
-  }
-  int err = errno;
-  free(envp);
-  close(in);
-  close(out[1]);
-  if (pid < 0) {
-    close(out[0]);
-    fail_msg("fork: %s", strerror(err));
-  }
-  c->used = true;
-  c->pid = pid;
-  c->out = out[0];
-  return c;
-}
-
-/* Wait up to @timeout_ms for @c to exit; on time-out kill it and fail. */
-static int child_wait(struct child *c, int timeout_ms) {
-  int64_t deadline = now_ms() + timeout_ms;
-  int st = 0;
-  for (;;) {
-    pid_t r = waitpid(c->pid, &st, WNOHANG);
-    if (r == c->pid) break;
-    if (r < 0 && errno != EINTR) fail_msg("waitpid: %s", strerror(errno));
-    if (now_ms() > deadline) {
-      kill(c->pid, SIGKILL);
-      waitpid(c->pid, &st, 0);
-      c->pid = 0;
-      fail_msg("child did not exit within %d ms: killed", timeout_ms);
-    }
-    sleep_ms(5);
-  }
-  c->pid = 0;
-  return st;
-}
-
-/* Assert @c exits with status 0 within @timeout_ms, then release it. */
-static void child_expect_exit0(struct child *c, int timeout_ms) {
-  char buf[96];
-  int st = child_wait(c, timeout_ms);
-  child_release(c);
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-    fail_msg("child ended with %s, want exit status 0", status_str(st, buf, sizeof buf));
-}
-
-static void assert_alive(struct child *c) {
-  int st;
-  char buf[96];
-  pid_t r = waitpid(c->pid, &st, WNOHANG);
-  if (r == c->pid) {
-    c->pid = 0;
-    fail_msg("server died: %s", status_str(st, buf, sizeof buf));
-  }
-}
-
-/* Read what the child printed, waiting at most until @deadline; false on
- * time-out. Stops at EOF (c->eof). */
-static bool child_read(struct child *c, int64_t deadline) {
-  if (c->cap - c->len < 4096) {
-    c->cap = c->cap ? c->cap * 2 : 65536;
-    c->acc = realloc(c->acc, c->cap);
-    assert_non_null(c->acc);
-  }
-  int64_t left = deadline - now_ms();
-  if (left < 0) return false;
-  struct pollfd p = {.fd = c->out, .events = POLLIN};
-  int r = poll(&p, 1, (int)left);
-  if (r < 0 && errno == EINTR) return true;
-  if (r < 0) fail_msg("poll: %s", strerror(errno));
-  if (r == 0) return false;
-  ssize_t n = read(c->out, c->acc + c->len, c->cap - c->len);
-  if (n < 0 && errno != EINTR) fail_msg("read child stdout: %s", strerror(errno));
-  if (n == 0) c->eof = true;
-  if (n > 0) c->len += (size_t)n;
-  return true;
-}
-
-/* The next line the child prints (without '\n'), into @buf; fails on EOF or
- * time-out. */
-static void child_line(struct child *c, char *buf, size_t size, int timeout_ms) {
-  int64_t deadline = now_ms() + timeout_ms;
-  for (;;) {
-    char *nl = c->acc ? memchr(c->acc, '\n', c->len) : NULL;
-    if (nl) {
-      size_t n = (size_t)(nl - c->acc);
-      snprintf(buf, size, "%.*s", (int)n, c->acc);
-      c->len -= n + 1;
-      memmove(c->acc, nl + 1, c->len);
-      return;
-    }
-    if (c->eof) fail_msg("child closed stdout before a full line (%zu bytes)", c->len);
-    if (!child_read(c, deadline)) fail_msg("no line from child within %d ms", timeout_ms);
-  }
-}
-
-/* Start a server example (@argv ends with NULL) and read its port from the
- * "listening on 127.0.0.1:PORT" line. */
-static struct child *start_server(char **argv, unsigned *port) {
-  struct child *c = spawn(argv);
-  char line[128];
-  child_line(c, line, sizeof line, 10000);
-  int used = 0;
-  if (sscanf(line, "listening on 127.0.0.1:%u%n", port, &used) != 1 || line[used] != 0 ||
-      *port == 0)
-    fail_msg("unexpected first line from %s: \"%s\"", argv[0], line);
-  return c;
-}
 
 static struct child *start_echo(unsigned *port) {
   char *argv[] = {EXAMPLE("echo_proactor"), "--port", "0", "--backend",
                   (char *)backend_name(),   NULL};
-  return start_server(argv, port);
+  return start_server(argv, 0, false, port);
 }
 
 /* proxy --to 127.0.0.1:@to [--xor @key]. */
@@ -232,13 +38,7 @@ static struct child *start_proxy(unsigned to, const char *key, unsigned *port) {
   char *argv[] = {
       EXAMPLE("proxy"),     "--port",    "0", "--to", dest, "--backend", (char *)backend_name(),
       key ? "--xor" : NULL, (char *)key, NULL};
-  return start_server(argv, port);
-}
-
-/* @signo must end the server with status 0 within 10 s. */
-static void stop_server(struct child *c, int signo) {
-  assert_int_equal(kill(c->pid, signo), 0);
-  child_expect_exit0(c, 10000);
+  return start_server(argv, 0, false, port);
 }
 
 /* Stop a proxy with @signo: it must print its counts and exit 0. @bytes
@@ -264,17 +64,13 @@ static void stop_proxy(struct child *c, int signo, unsigned long long conns, lon
 static char g_tmpdir[64];
 static unsigned char *g_file; /* the sendfile tests' file, in memory */
 static size_t g_file_size;
-static void clients_free(void);
 
 /* A test past its alarm has hung despite the bounded waits: kill every
  * child (async-signal-safe) and end the process, which fails the run. */
 static void watchdog_fire(int signo) {
   static const char msg[] = "ERROR: test_net_examples: a test ran past its alarm\n";
   (void)signo;
-  for (int i = 0; i < MAX_CHILDREN; i++)
-    if (children[i].used && children[i].pid > 0) kill(children[i].pid, SIGKILL);
-  if (write(2, msg, sizeof msg - 1) < 0) _exit(4);
-  _exit(3);
+  watchdog_exit(msg, sizeof msg - 1);
 }
 
 static int setup(void **state) {
@@ -288,13 +84,7 @@ static int setup(void **state) {
 static int cleanup(void **state) {
   (void)state;
   alarm(0);
-  for (int i = 0; i < MAX_CHILDREN; i++) {
-    if (children[i].used && children[i].pid > 0) {
-      kill(children[i].pid, SIGKILL);
-      waitpid(children[i].pid, NULL, 0);
-    }
-    child_release(&children[i]);
-  }
+  children_reap();
   clients_free();
   free(g_file);
   g_file = NULL;
@@ -309,59 +99,8 @@ static int cleanup(void **state) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* Clients                                                                   */
+/* Clients (the poll() clients and the blocking ones: childutil.h)        */
 /* ------------------------------------------------------------------------ */
-
-struct client {
-  int fd;
-  unsigned char *data;       /* what we send (owned), or NULL */
-  const unsigned char *want; /* what must come back */
-  size_t tosend, sent, expect, recvd;
-  bool connected, half_close, want_eof, shut, done;
-};
-
-static struct client *g_clients;
-static struct pollfd *g_pollfds;
-static size_t g_nclients;
-
-static void clients_free(void) {
-  for (size_t i = 0; i < g_nclients; i++) {
-    close_fd(&g_clients[i].fd);
-    free(g_clients[i].data);
-  }
-  free(g_clients);
-  free(g_pollfds);
-  g_clients = NULL;
-  g_pollfds = NULL;
-  g_nclients = 0;
-}
-
-static void clients_alloc(size_t n) {
-  clients_free();
-  g_clients = calloc(n, sizeof *g_clients);
-  g_pollfds = calloc(n, sizeof *g_pollfds);
-  assert_non_null(g_clients);
-  assert_non_null(g_pollfds);
-  for (size_t i = 0; i < n; i++) g_clients[i].fd = -1;
-  g_nclients = n;
-}
-
-/* @n echo clients with distinct pseudo-random data of @min..@max bytes.
- * half: 0 none, 1 every client, 2 every other client half-closes after
- * sending (and then expects the full echo followed by EOF). */
-static void clients_make(size_t n, size_t min, size_t max, uint64_t seed, int half) {
-  clients_alloc(n);
-  for (size_t i = 0; i < n; i++) {
-    struct client *cl = &g_clients[i];
-    uint64_t s = seed * 0x9E3779B97F4A7C15ull + i + 1;
-    cl->tosend = cl->expect = min + (max > min ? xorshift(&s) % (max - min + 1) : 0);
-    cl->data = malloc(cl->tosend ? cl->tosend : 1);
-    assert_non_null(cl->data);
-    for (size_t j = 0; j < cl->tosend; j++) cl->data[j] = (unsigned char)(xorshift(&s) >> 24);
-    cl->want = cl->data;
-    cl->half_close = cl->want_eof = half == 1 || (half == 2 && i % 2 == 1);
-  }
-}
 
 /* @n clients that send nothing and expect @size bytes of @want, then EOF. */
 static void clients_make_readers(size_t n, const unsigned char *want, size_t size) {
@@ -371,243 +110,6 @@ static void clients_make_readers(size_t n, const unsigned char *want, size_t siz
     g_clients[i].expect = size;
     g_clients[i].want_eof = true;
   }
-}
-
-/* A non-blocking connect to 127.0.0.1:@port. */
-static int connect_nb(unsigned port) {
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) fail_msg("socket: %s", strerror(errno));
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 && errno != EINPROGRESS) {
-    int err = errno;
-    close(fd);
-    fail_msg("connect 127.0.0.1:%u: %s", port, strerror(err));
-  }
-  return fd;
-}
-
-static void client_send(struct client *cl, size_t i) {
-  size_t left = cl->tosend - cl->sent;
-  ssize_t w =
-      left ? send(cl->fd, cl->data + cl->sent, left < 65536 ? left : 65536, MSG_NOSIGNAL) : 0;
-  if (w < 0 && errno != EAGAIN && errno != EINTR)
-    fail_msg("client %zu: send after %zu bytes: %s", i, cl->sent, strerror(errno));
-  if (w > 0) cl->sent += (size_t)w;
-  if (cl->sent == cl->tosend && cl->half_close && !cl->shut) {
-    if (shutdown(cl->fd, SHUT_WR) != 0) fail_msg("client %zu: shutdown: %s", i, strerror(errno));
-    cl->shut = true;
-  }
-}
-
-static void client_recv(struct client *cl, size_t i) {
-  static unsigned char buf[65536];
-  ssize_t r = recv(cl->fd, buf, sizeof buf, 0);
-  if (r < 0 && (errno == EAGAIN || errno == EINTR)) return;
-  if (r < 0)
-    fail_msg("client %zu: recv after %zu of %zu bytes: %s", i, cl->recvd, cl->expect,
-             strerror(errno));
-  if (r == 0) {
-    if (!cl->want_eof || cl->recvd != cl->expect)
-      fail_msg("client %zu: EOF after %zu of %zu bytes%s", i, cl->recvd, cl->expect,
-               cl->want_eof ? "" : " (the server closed a connection we kept open)");
-    cl->done = true;
-    return;
-  }
-  if (cl->recvd + (size_t)r > cl->expect)
-    fail_msg("client %zu: %zu bytes received, only %zu expected", i, cl->recvd + (size_t)r,
-             cl->expect);
-  for (ssize_t j = 0; j < r; j++)
-    if (buf[j] != cl->want[cl->recvd + (size_t)j])
-      fail_msg("client %zu: byte %zu is 0x%02x, want 0x%02x", i, cl->recvd + (size_t)j, buf[j],
-               cl->want[cl->recvd + (size_t)j]);
-  cl->recvd += (size_t)r;
-  if (cl->recvd == cl->expect && !cl->want_eof) cl->done = true;
-}
-
-/* Run every client against 127.0.0.1:@port at once until all are done. */
-static void clients_run(unsigned port, int timeout_ms) {
-  size_t n = g_nclients, left = n;
-  struct pollfd *p = g_pollfds;
-  for (size_t i = 0; i < n; i++) g_clients[i].fd = connect_nb(port);
-  int64_t deadline = now_ms() + timeout_ms;
-  while (left > 0) {
-    for (size_t i = 0; i < n; i++) {
-      struct client *cl = &g_clients[i];
-      p[i].fd = cl->done ? -1 : cl->fd;
-      p[i].events = !cl->connected || cl->sent < cl->tosend ? POLLOUT : 0;
-      if (cl->connected) p[i].events |= POLLIN;
-      p[i].revents = 0;
-    }
-    int64_t wait = deadline - now_ms();
-    int r = wait < 0 ? 0 : poll(p, n, wait > 1000 ? 1000 : (int)wait);
-    if (r < 0 && errno != EINTR) fail_msg("poll: %s", strerror(errno));
-    if (wait < 0) {
-      size_t i = 0;
-      while (g_clients[i].done) i++;
-      fail_msg("%zu of %zu clients unfinished after %d ms (client %zu: sent %zu of %zu, got "
-               "%zu of %zu)",
-               left, n, timeout_ms, i, g_clients[i].sent, g_clients[i].tosend, g_clients[i].recvd,
-               g_clients[i].expect);
-    }
-    for (size_t i = 0; r > 0 && i < n; i++) {
-      struct client *cl = &g_clients[i];
-      if (!p[i].revents) continue;
-      if (!cl->connected) {
-        int err = 0;
-        socklen_t len = sizeof err;
-        if (getsockopt(cl->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
-        if (err) fail_msg("client %zu: connect: %s", i, strerror(err));
-        cl->connected = true;
-        client_send(cl, i); /* a reader shuts at once if it must */
-      }
-      if ((p[i].revents & POLLOUT) && cl->sent < cl->tosend) client_send(cl, i);
-      if (p[i].revents & (POLLIN | POLLHUP | POLLERR)) client_recv(cl, i);
-      if (cl->done) {
-        close_fd(&cl->fd);
-        left--;
-      }
-    }
-  }
-}
-
-/* @n clients of @min..@max bytes through 127.0.0.1:@port; returns the bytes
- * sent (each comes back once). */
-static size_t echo_roundtrip(unsigned port, size_t n, size_t min, size_t max, int half) {
-  static uint64_t seed; /* distinct data for every round, same every run */
-  size_t total = 0;
-  clients_make(n, min, max, ++seed, half);
-  clients_run(port, 60000);
-  for (size_t i = 0; i < n; i++) total += g_clients[i].tosend;
-  clients_free();
-  return total;
-}
-
-/* A blocking client socket connected to 127.0.0.1:@port, with a receive
- * buffer of @rcvbuf bytes when > 0. */
-static int connect_to(unsigned port, int rcvbuf) {
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  assert_true(fd >= 0);
-  /* Set before connect, so that the advertised window follows. */
-  if (rcvbuf > 0)
-    assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf), 0);
-  if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
-    int err = errno;
-    close(fd);
-    fail_msg("connect 127.0.0.1:%u: %s", port, strerror(err));
-  }
-  return fd;
-}
-
-static void set_linger0(int fd) { /* close() then sends RST, not FIN */
-  struct linger lg = {1, 0};
-  assert_int_equal(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg), 0);
-}
-
-/* Send up to @size bytes within 2 s without reading any echo, then close
- * (@reset: with RST). */
-static void client_abandon(unsigned port, size_t size, bool reset) {
-  int fd = connect_to(port, 4096);
-  static char junk[65536];
-  size_t sent = 0;
-  int64_t deadline = now_ms() + 2000;
-  while (sent < size && now_ms() < deadline) {
-    ssize_t w = send(fd, junk, size - sent < sizeof junk ? size - sent : sizeof junk,
-                     MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w > 0)
-      sent += (size_t)w;
-    else if (errno == EAGAIN)
-      sleep_ms(5); /* the server stopped reading: fine */
-    else
-      break;
-  }
-  if (reset) set_linger0(fd);
-  close(fd);
-}
-
-/* Send 6 MiB, half-close, read the echo slowly and reset once the server's
- * kernel has our FIN: the server's next send then fails with EPIPE or
- * ECONNRESET (see test_examples.c for the whole story). */
-static void client_reset_in_close_wait(unsigned port) {
-  int fd = connect_to(port, 4096);
-  static char buf[65536];
-  size_t size = 6u << 20, sent = 0;
-  bool shut = false;
-  int64_t deadline = now_ms() + 5000;
-  while (now_ms() < deadline) {
-    if (sent < size) {
-      ssize_t w = send(fd, buf, size - sent < sizeof buf ? size - sent : sizeof buf,
-                       MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (w > 0)
-        sent += (size_t)w;
-      else if (errno != EAGAIN)
-        fail_msg("send after %zu bytes: %s", sent, strerror(errno));
-    }
-    if (sent == size && !shut) {
-      assert_int_equal(shutdown(fd, SHUT_WR), 0);
-      shut = true;
-    }
-    struct tcp_info ti;
-    socklen_t len = sizeof ti;
-    if (shut &&
-        (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0 || ti.tcpi_state == TCP_FIN_WAIT2))
-      break;
-    if (recv(fd, buf, 16384, MSG_DONTWAIT) < 0 && errno != EAGAIN)
-      fail_msg("recv: %s", strerror(errno));
-    sleep_ms(1);
-  }
-  set_linger0(fd);
-  close(fd);
-}
-
-/* @n clients connect and send one chunk of 200 KiB they never read back,
- * so the server holds connections with data pending; waits 200 ms. */
-static void clients_pending(unsigned port, size_t n, uint64_t seed) {
-  clients_make(n, 200 * 1024, 200 * 1024, seed, 0);
-  for (size_t i = 0; i < n; i++) {
-    g_clients[i].fd = connect_nb(port);
-    struct pollfd p = {.fd = g_clients[i].fd, .events = POLLOUT};
-    assert_int_equal(poll(&p, 1, 5000), 1);
-    g_clients[i].connected = true;
-    client_send(&g_clients[i], i);
-  }
-  sleep_ms(200);
-}
-
-/* The resident set size of a process, in KiB. */
-static long rss_kib(pid_t pid) {
-  char path[64], line[256];
-  long kib = -1;
-  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
-  FILE *f = fopen(path, "r");
-  if (!f) fail_msg("%s: %s", path, strerror(errno));
-  while (kib < 0 && fgets(line, sizeof line, f))
-    if (sscanf(line, "VmRSS: %ld kB", &kib) != 1) kib = -1;
-  fclose(f);
-  if (kib < 0) fail_msg("no VmRSS in %s", path);
-  return kib;
-}
-
-/* Open fds of a process. */
-static int fds_of(pid_t pid) {
-  char path[64];
-  snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
-  DIR *d = opendir(path);
-  if (!d) fail_msg("%s: %s", path, strerror(errno));
-  int n = 0;
-  for (struct dirent *e; (e = readdir(d)) != NULL;) n += e->d_name[0] != '.';
-  closedir(d);
-  return n;
-}
-
-/* Wait up to @ms for @pid to hold @n fds; returns the last count. */
-static int fds_settle(pid_t pid, int n, int ms) {
-  int64_t deadline = now_ms() + ms;
-  int have;
-  while ((have = fds_of(pid)) != n && now_ms() < deadline) sleep_ms(10);
-  return have;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -699,13 +201,7 @@ static void test_echo_one(void **state) {
 
 static void test_echo_thousand(void **state) {
   (void)state;
-  struct rlimit rl;
-  assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
-  if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < 1100) {
-    printf("[  SKIPPED ] 1,000 connections need 1,100 fds; RLIMIT_NOFILE is %llu\n",
-           (unsigned long long)rl.rlim_cur);
-    skip();
-  }
+  skip_unless_nofile(1100, "1,000 connections need 1,100 fds");
   unsigned port;
   struct child *srv = start_echo(&port);
   echo_roundtrip(port, 1000, 1, 32 * 1024, 2);
@@ -744,20 +240,7 @@ static void test_echo_bounded(void **state) {
   echo_roundtrip(port, 1, 100 * 1024, 100 * 1024, 0); /* warm up the read pool */
   long before = rss_kib(srv->pid);
   int fd = connect_to(port, 4096);
-  static char junk[65536];
-  size_t size = 50 * MIB, sent = 0;
-  int64_t deadline = now_ms() + 5000, progress = now_ms();
-  while (sent < size && now_ms() < deadline && now_ms() - progress < 500) {
-    ssize_t w = send(fd, junk, sizeof junk, MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (w > 0) {
-      sent += (size_t)w;
-      progress = now_ms();
-    } else if (errno == EAGAIN) {
-      sleep_ms(1);
-    } else {
-      fail_msg("send after %zu bytes: %s", sent, strerror(errno));
-    }
-  }
+  size_t size = 50 * MIB, sent = send_until_stalled(fd, size);
   sleep_ms(100);
   long grown = rss_kib(srv->pid) - before;
   if (sent >= size) fail_msg("all %zu bytes sent to a client that reads nothing", sent);
@@ -970,7 +453,7 @@ static struct child *start_sendfile(const char *path, const char *timeout_ms, un
                   timeout_ms ? "--write-timeout" : NULL,
                   (char *)timeout_ms,
                   NULL};
-  return start_server(argv, port);
+  return start_server(argv, 0, false, port);
 }
 
 static void test_sendfile_many(void **state) {

@@ -10,12 +10,7 @@
  * teardown; every wait has a deadline. The forked servers end themselves
  * after 30 s in any case. Only 127.0.0.1 is used.
  */
-#include "testutil.h"
-
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/wait.h>
+#include "childutil.h"
 
 #define AXLOAD AX_BUILD_DIR "/tools/axload"
 #define ECHO_REACTOR AX_BUILD_DIR "/examples/echo_reactor"
@@ -27,54 +22,44 @@ enum srv_mode { SRV_SINK, SRV_FLIP, SRV_CLOSE };
 #define CLOSE_AFTER 640 /* SRV_CLOSE echoes this many bytes, then half-closes */
 #define SRV_LIFE_MS 30000
 
-static int64_t now_ms(void) {
-  return (int64_t)mono_ms();
-}
-
-static void sleep_ms(int ms) {
-  struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-  while (nanosleep(&ts, &ts) < 0 && errno == EINTR) {
-  }
-}
-
 /* ------------------------------------------------------------------------ */
-/* Children                                                                  */
+/* Children, by pid (now_ms, sleep_ms, child_reset_signals: childutil.h)   */
 /* ------------------------------------------------------------------------ */
 
-#define MAX_CHILDREN 4
-static pid_t children[MAX_CHILDREN];
+#define MAX_PIDS 4
+static pid_t pids[MAX_PIDS];
 
 static void child_add(pid_t pid) {
-  for (int i = 0; i < MAX_CHILDREN; i++)
-    if (children[i] == 0) {
-      children[i] = pid;
+  for (int i = 0; i < MAX_PIDS; i++)
+    if (pids[i] == 0) {
+      pids[i] = pid;
       return;
     }
   kill(pid, SIGKILL);
   waitpid(pid, NULL, 0);
-  fail_msg("more than %d children", MAX_CHILDREN);
+  fail_msg("more than %d children", MAX_PIDS);
 }
 
 static void child_forget(pid_t pid) {
-  for (int i = 0; i < MAX_CHILDREN; i++)
-    if (children[i] == pid)
-      children[i] = 0;
+  for (int i = 0; i < MAX_PIDS; i++)
+    if (pids[i] == pid)
+      pids[i] = 0;
 }
 
 /* Teardown: kill and reap, by pid, every child still registered. */
 static int cleanup(void **state) {
   (void)state;
-  for (int i = 0; i < MAX_CHILDREN; i++)
-    if (children[i] > 0) {
-      kill(children[i], SIGKILL);
-      waitpid(children[i], NULL, 0);
-      children[i] = 0;
+  for (int i = 0; i < MAX_PIDS; i++)
+    if (pids[i] > 0) {
+      kill(pids[i], SIGKILL);
+      waitpid(pids[i], NULL, 0);
+      pids[i] = 0;
     }
   return 0;
 }
 
 /* Wait up to @ms for @pid; on time-out kill it and fail. */
-static int child_wait(pid_t pid, int ms) {
+static int pid_wait(pid_t pid, int ms) {
   int64_t deadline = now_ms() + ms;
   int st = 0;
   for (;;) {
@@ -97,7 +82,7 @@ static int child_wait(pid_t pid, int ms) {
 
 /* Start @argv with stdin from /dev/null and pipes on stdout (and stderr if
  * @err is not NULL); SIGPIPE at its default and no signal blocked. */
-static pid_t spawn(char *const argv[], int *out, int *err) {
+static pid_t spawn_pid(char *const argv[], int *out, int *err) {
   int o[2], e[2] = {-1, -1};
   if (access(argv[0], X_OK) != 0)
     fail_msg("%s: %s (build it first)", argv[0], strerror(errno));
@@ -106,10 +91,7 @@ static pid_t spawn(char *const argv[], int *out, int *err) {
     assert_int_equal(pipe2(e, O_CLOEXEC), 0);
   pid_t pid = fork();
   if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    signal(SIGPIPE, SIG_DFL);
+    child_reset_signals();
     int in = open("/dev/null", O_RDONLY);
     if (in < 0 || dup2(in, 0) < 0 || dup2(o[1], 1) < 0 || (err && dup2(e[1], 2) < 0))
       _exit(126);
@@ -152,9 +134,9 @@ static void read_line(int fd, char *buf, size_t cap, int ms, const char *who) {
 
 /* Start a server example (@argv ends with NULL) and read its port from the
  * "listening on" line; its stdout stays open in *@out (NULL: closed). */
-static pid_t start_server(char **argv, unsigned *port, int *out) {
+static pid_t start_server_pid(char **argv, unsigned *port, int *out) {
   int fd;
-  pid_t pid = spawn(argv, &fd, NULL);
+  pid_t pid = spawn_pid(argv, &fd, NULL);
   char line[128];
   read_line(fd, line, sizeof line, 10000, argv[0]);
   int used = 0;
@@ -170,7 +152,7 @@ static pid_t start_server(char **argv, unsigned *port, int *out) {
 
 static pid_t start_echo(unsigned *port) {
   char *argv[] = {ECHO_REACTOR, "--port", "0", "--backend", "epoll", NULL};
-  return start_server(argv, port, NULL);
+  return start_server_pid(argv, port, NULL);
 }
 
 /* A listening socket on 127.0.0.1, port picked by the kernel. */
@@ -307,7 +289,7 @@ static void axload(struct result *res, int timeout_ms, int sigint_ms, const char
   memset(res, 0, sizeof *res);
   int out, err;
   int64_t start = now_ms(), deadline = start + timeout_ms;
-  pid_t pid = spawn(argv, &out, &err);
+  pid_t pid = spawn_pid(argv, &out, &err);
   struct pollfd p[2] = {{.fd = out, .events = POLLIN}, {.fd = err, .events = POLLIN}};
   while (p[0].fd >= 0 || p[1].fd >= 0) {
     int64_t left = deadline - now_ms();
@@ -316,7 +298,7 @@ static void axload(struct result *res, int timeout_ms, int sigint_ms, const char
       sigint_ms = 0;
     }
     if (left <= 0)
-      break; /* child_wait kills it and fails */
+      break; /* pid_wait kills it and fails */
     int wait = sigint_ms > 0 ? 20 : (int)(left < 1000 ? left : 1000);
     if (poll(p, 2, wait) < 0 && errno != EINTR)
       fail_msg("poll: %s", strerror(errno));
@@ -330,7 +312,7 @@ static void axload(struct result *res, int timeout_ms, int sigint_ms, const char
   close(out);
   close(err);
   int left = (int)(deadline - now_ms());
-  int st = child_wait(pid, left > 0 ? left : 1);
+  int st = pid_wait(pid, left > 0 ? left : 1);
   res->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
@@ -382,7 +364,7 @@ static void test_echo_one(void **state) {
   assert_true(field(&r, "held") == 1);
   assert_true(field(&r, "secs") >= 0.99 && field(&r, "secs") <= 1.01);
   kill(srv, SIGTERM);
-  assert_int_equal(child_wait(srv, 10000), 0);
+  assert_int_equal(pid_wait(srv, 10000), 0);
 }
 
 static void test_echo_many(void **state) {
@@ -407,7 +389,7 @@ static void test_echo_many(void **state) {
   assert_true(field(&r, "threads") == 2);
   assert_true(field(&r, "held") == 200);
   kill(srv, SIGTERM);
-  assert_int_equal(child_wait(srv, 10000), 0);
+  assert_int_equal(pid_wait(srv, 10000), 0);
 }
 
 /* Messages larger than one send or recv, several in flight: every byte is
@@ -427,7 +409,7 @@ static void test_echo_pipelined_large(void **state) {
   assert_true(field(&r, "mb_per_s") > 0);
   assert_true(field(&r, "mismatches") == 0);
   kill(srv, SIGTERM);
-  assert_int_equal(child_wait(srv, 10000), 0);
+  assert_int_equal(pid_wait(srv, 10000), 0);
 }
 
 static void test_push(void **state) {
@@ -460,7 +442,7 @@ static void test_push_sink_example(void **state) {
     unsigned port;
     int out;
     char t[32], line[128];
-    pid_t srv = start_server(argv, &port, &out);
+    pid_t srv = start_server_pid(argv, &port, &out);
     target(t, sizeof t, port);
     struct result r;
     axload(&r, 15000, 0,
@@ -485,7 +467,7 @@ static void test_push_sink_example(void **state) {
     if (conns != 7 || bytes == 0)
       fail_msg("sink (%s): %llu connections, %llu bytes; want 7 and some", backends[b],
                conns, bytes);
-    assert_int_equal(child_wait(srv, 10000), 0);
+    assert_int_equal(pid_wait(srv, 10000), 0);
   }
 }
 
@@ -511,7 +493,7 @@ static void test_hold(void **state) {
   if (held < 6 || held > 16)
     fail_msg("held %.0f at 20 connects/s for 0.5 s", held);
   kill(srv, SIGTERM);
-  assert_int_equal(child_wait(srv, 10000), 0);
+  assert_int_equal(pid_wait(srv, 10000), 0);
 }
 
 /* A bound socket that does not listen: connects are refused. The run ends
@@ -588,7 +570,7 @@ static void test_sigint(void **state) {
   assert_true(field(&r, "reqs") > 0);
   assert_true(field(&r, "held") == 10);
   kill(srv, SIGTERM);
-  assert_int_equal(child_wait(srv, 10000), 0);
+  assert_int_equal(pid_wait(srv, 10000), 0);
 }
 
 static void test_usage(void **state) {
