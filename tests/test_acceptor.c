@@ -277,6 +277,119 @@ static void test_conn_exit_closes(void **state) {
   ax_rt_free(rt);
 }
 
+/* ax_acceptor_close(): new connections are refused (within a bounded
+ * wait: the listener on the other worker closes at its next drain), the
+ * ones already accepted go on, a second close is -EALREADY. Called from
+ * this thread for round-robin, and from an actor for REUSEPORT. */
+static bool refused_now(unsigned port) {
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  assert_true(fd >= 0);
+  int rc = connect(fd, (struct sockaddr *)&sa, sizeof sa);
+  int err = errno;
+  close(fd);
+  return rc != 0 && err == ECONNREFUSED;
+}
+
+/* Wait until every accepted connection has its actor (init ran): 5 s. */
+static unsigned born_settle(struct env *env, uint64_t accepted) {
+  int64_t deadline = now_ms() + 5000;
+  unsigned born;
+  while ((born = atomic_load(&env->born[0]) + atomic_load(&env->born[1])) != accepted) {
+    if (now_ms() > deadline)
+      fail_msg("%u connection actors for %llu accepted connections", born,
+               (unsigned long long)accepted);
+    sleep_ms(2);
+  }
+  assert_true(born >= 2);
+  return born;
+}
+
+static void acceptor_close_check(ax_rt_t *rt, ax_acceptor_t *acc, unsigned port,
+                                 struct env *env) {
+  int fd[2];
+  for (int i = 0; i < 2; i++)
+    (void)who_connect(port, 2, &fd[i]);
+  assert_int_equal(ax_acceptor_close(acc), 0);
+  assert_int_equal(ax_acceptor_close(acc), -EALREADY);
+  int64_t deadline = now_ms() + 5000;
+  while (!refused_now(port)) {
+    if (now_ms() > deadline)
+      fail_msg("127.0.0.1:%u still accepts 5 s after ax_acceptor_close", port);
+    sleep_ms(5);
+  }
+  uint64_t accepted = ax_acceptor_accepted(acc);
+  for (int i = 0; i < 2; i++) { /* the actors still serve their clients */
+    assert_int_equal(send(fd[i], "q", 1, MSG_NOSIGNAL), 1);
+    expect_eof(fd[i], 10000, "client of a closed acceptor");
+    close(fd[i]);
+  }
+  /* A probe that got in before the close has an actor too (it ended at
+   * the probe's close): every actor born ends, and none is born after. */
+  unsigned born = born_settle(env, accepted);
+  assert_int_equal(wait_count(&env->ended, born, 5000), born);
+  assert_true(ax_acceptor_accepted(acc) == accepted);
+  assert_int_equal(atomic_load(&env->bad), 0);
+  (void)rt;
+}
+
+static void test_acceptor_close(void **state) {
+  (void)state;
+  struct env env = {0};
+  unsigned port;
+  ax_rt_t *rt = rt_start(2);
+  ax_acceptor_t *acc = listen_local_rt(rt, AX_PLACE_ROUND_ROBIN, &who, &env, &port);
+  acceptor_close_check(rt, acc, port, &env);
+  ax_rt_free(rt);
+}
+
+/* The same with a listener per worker, closed from inside an actor (one
+ * listener there at once, the other by a post). */
+static void closer_receive(ax_actor_t *self, void *state, ax_msg_t *m) {
+  (void)self, (void)state;
+  atomic_int *rc = *(atomic_int **)m->data;
+  atomic_store(rc, ax_acceptor_close(*(ax_acceptor_t **)((char *)m->data + sizeof rc)));
+}
+
+static void test_acceptor_close_reuseport(void **state) {
+  (void)state;
+  struct env env = {0};
+  unsigned port;
+  ax_rt_t *rt = rt_start(2);
+  ax_acceptor_t *acc = listen_local_rt(rt, AX_PLACE_REUSEPORT, &who, &env, &port);
+  int fd[2];
+  for (int i = 0; i < 2; i++)
+    (void)who_connect(port, 2, &fd[i]);
+  static const ax_behaviour_t closer = {.receive = closer_receive, .name = "closer"};
+  ax_spawn_options_t so;
+  ax_spawn_options_init(&so);
+  so.worker = 1;
+  ax_aid_t id;
+  assert_int_equal(ax_spawn(rt, &closer, NULL, &so, &id), 0);
+  atomic_int rc = 1;
+  struct { atomic_int *rc; ax_acceptor_t *acc; } req = {&rc, acc};
+  assert_int_equal(ax_rt_send(rt, id, 1, &req, sizeof req), 0);
+  int64_t deadline = now_ms() + 5000;
+  while (atomic_load(&rc) == 1 && now_ms() < deadline)
+    sleep_ms(2);
+  assert_int_equal(atomic_load(&rc), 0);
+  while (!refused_now(port)) {
+    if (now_ms() > deadline)
+      fail_msg("127.0.0.1:%u still accepts after ax_acceptor_close", port);
+    sleep_ms(5);
+  }
+  for (int i = 0; i < 2; i++) {
+    assert_int_equal(send(fd[i], "q", 1, MSG_NOSIGNAL), 1);
+    expect_eof(fd[i], 10000, "client of a closed acceptor");
+    close(fd[i]);
+  }
+  unsigned born = born_settle(&env, ax_acceptor_accepted(acc));
+  assert_int_equal(wait_count(&env.ended, born, 5000), born);
+  assert_int_equal(ax_acceptor_close(acc), -EALREADY);
+  ax_rt_free(rt);
+}
+
 /* Stopping the runtime with connections open, unread data in their kernel
  * buffers, and a client thread still connecting (accepts and hand-offs in
  * flight): every terminate runs once, the clients read EOF or a reset,
@@ -866,6 +979,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_least_conn, setup, cleanup),
       cmocka_unit_test_setup_teardown(test_reuseport, setup, cleanup),
       cmocka_unit_test_setup_teardown(test_rt_stop_live, setup, cleanup),
+      cmocka_unit_test_setup_teardown(test_acceptor_close, setup, cleanup),
+      cmocka_unit_test_setup_teardown(test_acceptor_close_reuseport, setup, cleanup),
       cmocka_unit_test_setup_teardown(test_echo_thousand, setup, cleanup),
       cmocka_unit_test_setup_teardown(test_echo_half_close, setup, cleanup),
       cmocka_unit_test_setup_teardown(test_echo_bounded, setup, cleanup),

@@ -459,6 +459,15 @@ AX_API int ax_listen(ax_rt_t *rt, const ax_addr_t *addr,
 /** The bound address (the real port when 0 was asked). */
 AX_API int ax_acceptor_addr(const ax_acceptor_t *a, ax_addr_t *out);
 
+/**
+ * ax_acceptor_close() - stop accepting: the listener(s) close on their
+ * workers (at once when called there, else at those workers' next mailbox
+ * drain); connections already accepted, and their actors, go on. The
+ * acceptor's memory stays with the runtime (its address and count remain
+ * readable). Thread-safe. -EALREADY on a second call.
+ */
+AX_API int ax_acceptor_close(ax_acceptor_t *a);
+
 /** Connections accepted so far (all listeners). */
 AX_API uint64_t ax_acceptor_accepted(const ax_acceptor_t *a);
 

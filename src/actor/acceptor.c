@@ -27,6 +27,7 @@ struct ax__lnode {
   struct ax__worker *w;
   ax_listener_t *l;
   unsigned rr;
+  ax_post_t close_post; /* ax_acceptor_close() from another thread */
 };
 
 struct ax_acceptor {
@@ -36,6 +37,7 @@ struct ax_acceptor {
   ax_acceptor_options_t o;
   ax_addr_t addr;
   uint64_t accepted; /* ck_pr */
+  unsigned closed;   /* ck_pr: ax_acceptor_close() was called */
   unsigned *pending; /* per worker: fds handed over, not yet arrived (ck) */
   unsigned nl;
   struct ax__lnode ln[];
@@ -257,6 +259,45 @@ static void on_accept(ax_listener_t *l, int status, int fd,
     close(fd);
     ax__msg_free(ln->w, m);
   }
+}
+
+/* Close @ln's listener, on its worker; connections stay. */
+static void lnode_close(struct ax__lnode *ln) {
+  struct ax__worker *w = ln->w;
+  for (struct ax__lnode **p = &w->listeners; *p; p = &(*p)->next) {
+    if (*p == ln) {
+      *p = ln->next;
+      ax_listener_close(ln->l);
+      ln->l = NULL;
+      return;
+    }
+  }
+}
+
+static void lnode_close_post(ax_post_t *p) {
+  lnode_close(ax__container_of(p, struct ax__lnode, close_post));
+}
+
+int ax_acceptor_close(ax_acceptor_t *a) {
+  if (!a)
+    return -EINVAL;
+  /* Only the first call posts: the posts' nodes live in the acceptor. */
+  if (!ck_pr_cas_uint(&a->closed, 0, 1))
+    return -EALREADY;
+  struct ax__worker *here = ax__here(a->rt);
+  for (unsigned i = 0; i < a->nl; i++) {
+    struct ax__lnode *ln = &a->ln[i];
+    if (ln->w == here) {
+      lnode_close(ln);
+    } else {
+      ln->close_post.fn = lnode_close_post;
+      /* Control: never refused. -ESHUTDOWN: the runtime is being freed,
+       * and its stop closed the listener already. */
+      (void)ax_mailbox_push(ln->w->loop->mb, &ln->close_post.node,
+                            AX_MB_CONTROL);
+    }
+  }
+  return 0;
 }
 
 void ax__acceptors_close_worker(struct ax__worker *w) {
