@@ -279,18 +279,23 @@ void ax_trap_exit(ax_actor_t *self, bool on) {
 
 /* ---- run queue ------------------------------------------------------------ */
 
-void ax__sched_push(struct ax__worker *w, ax_actor_t *a) {
-  /* A stopping worker runs nothing: its actors are being ended one by one
-   * and must not be left in a queue that outlives them. */
-  if ((a->flags & AX__AF_QUEUED) || w->stopping)
-    return;
-  a->flags |= AX__AF_QUEUED;
+/* Put @a at the back of the run queue (its QUEUED flag is the caller's). */
+static void rq_append(struct ax__worker *w, ax_actor_t *a) {
   a->rq_next = NULL;
   if (w->rq_tail)
     w->rq_tail->rq_next = a;
   else
     w->rq_head = a;
   w->rq_tail = a;
+}
+
+void ax__sched_push(struct ax__worker *w, ax_actor_t *a) {
+  /* A stopping worker runs nothing: its actors are being ended one by one
+   * and must not be left in a queue that outlives them. */
+  if ((a->flags & AX__AF_QUEUED) || w->stopping)
+    return;
+  a->flags |= AX__AF_QUEUED;
+  rq_append(w, a);
   if (!w->in_sched)
     ax_defer_start(w->sched);
 }
@@ -303,16 +308,6 @@ static ax_actor_t *rq_pop(struct ax__worker *w) {
       w->rq_tail = NULL;
   }
   return a;
-}
-
-/* Requeue without touching QUEUED (still set). */
-static void rq_append(struct ax__worker *w, ax_actor_t *a) {
-  a->rq_next = NULL;
-  if (w->rq_tail)
-    w->rq_tail->rq_next = a;
-  else
-    w->rq_head = a;
-  w->rq_tail = a;
 }
 
 void ax__actor_mark_exit(ax_actor_t *a, int reason) {
