@@ -8,7 +8,9 @@
  * the responses to the requests of one read in one write (a file's bytes
  * follow its head in the queue). A head must arrive within the header
  * timeout (10 s) of the previous response, or the connection closes. Bodies
- * are refused (400 and close); GET and HEAD only. SIGINT/SIGTERM stop it.
+ * are refused (400 and close); GET and HEAD only. Every response carries
+ * Date (RFC 9110 asks it of a server with a clock) and Content-Length, and
+ * Content-Type when it has a body. SIGINT/SIGTERM stop it.
  */
 #include <axon/axon.h>
 
@@ -17,11 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "http_parse.h"
 
 #define HEAD_MAX 8192
+#define TEXT "text/plain"
 enum { DEADLINE = 1 };
 static struct { int dir; uint64_t timeout_ms; } cfg = {AT_FDCWD, 10000};
 static _Thread_local struct { size_t n; char b[65536]; } out; /* one batch */
@@ -40,14 +44,35 @@ static void flush(struct conn *c) {
   out.n = 0;
 }
 
-static void respond(struct conn *c, int code, const char *body, size_t len, bool head) {
-  if (out.n > sizeof out.b - 512) flush(c);
-  const char *why = code == 200 ? "OK" : code == 404 ? "Not Found" : code == 403 ? "Forbidden"
-                  : code == 405 ? "Method Not Allowed" : code == 431 ? "Request Header Fields Too Large"
-                  : code == 505 ? "HTTP Version Not Supported" : "Bad Request";
-  const char *conn = c->closing ? "Connection: close\r\n" : c->r.minor ? "" : "Connection: keep-alive\r\n";
-  out.n += (size_t)snprintf(out.b + out.n, 512, "HTTP/1.1 %d %s\r\nContent-Length: %zu\r\n%s\r\n%s",
-                            code, why, len, conn, body && !head ? body : "");
+/* The Date field's value, made again when the second changes. */
+static const char *date_now(void) {
+  static _Thread_local struct { time_t t; char s[32]; } d;
+  time_t t = time(NULL);
+  struct tm tm;
+  if (t != d.t && gmtime_r(&t, &tm)) strftime(d.s, sizeof d.s, "%a, %d %b %Y %H:%M:%S GMT", &tm), d.t = t;
+  return d.s;
+}
+
+static void put(const char *s, size_t n) { memcpy(out.b + out.n, s, n), out.n += n; }
+#define PUT(lit) put(lit, sizeof lit - 1)
+
+/* Queue a response (head, and the body unless @head) into the batch. */
+static void respond(struct conn *c, int code, const char *type, const char *body, size_t len, bool head) {
+  char num[20], *d = num + sizeof num;
+  size_t v = len;
+  if (out.n > sizeof out.b - 512 - (body ? len : 0)) flush(c);
+  const char *line = code == 200 ? "200 OK" : code == 404 ? "404 Not Found" : code == 403 ? "403 Forbidden"
+                   : code == 405 ? "405 Method Not Allowed" : code == 431 ? "431 Request Header Fields Too Large"
+                   : code == 505 ? "505 HTTP Version Not Supported" : "400 Bad Request";
+  PUT("HTTP/1.1 "), put(line, strlen(line)), PUT("\r\nDate: "), put(date_now(), 29);
+  if (code == 405) PUT("\r\nAllow: GET, HEAD");
+  if (type) PUT("\r\nContent-Type: "), put(type, strlen(type));
+  do *--d = (char)('0' + v % 10); while (v /= 10);
+  PUT("\r\nContent-Length: "), put(d, (size_t)(num + sizeof num - d));
+  if (c->closing) PUT("\r\nConnection: close");
+  else if (!c->r.minor) PUT("\r\nConnection: keep-alive");
+  PUT("\r\n\r\n");
+  if (body && !head) put(body, len);
 }
 
 static void file_sent(ax_stream_t *s, int status, void *fd) { (void)s, (void)status, close((int)(intptr_t)fd); }
@@ -57,14 +82,14 @@ static void send_file(struct conn *c, const char *name, size_t n, bool head) {
   struct stat st;
   int fd = -1;
   if (n >= sizeof path || memchr(name, '/', n) || memmem(name, n, "..", 2))
-    return respond(c, 403, "forbidden\n", 10, head); /* no way out of the directory */
+    return respond(c, 403, TEXT, "forbidden\n", 10, head); /* no way out of the directory */
   snprintf(path, sizeof path, "%.*s", (int)n, name);
   if ((fd = openat(cfg.dir, path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0 || fstat(fd, &st) < 0 ||
       !S_ISREG(st.st_mode)) {
     if (fd >= 0) close(fd);
-    return respond(c, 404, "not found\n", 10, head);
+    return respond(c, 404, TEXT, "not found\n", 10, head);
   }
-  respond(c, 200, NULL, (size_t)st.st_size, head);
+  respond(c, 200, "application/octet-stream", NULL, (size_t)st.st_size, head);
   flush(c);
   if (head || ax_stream_sendfile(c->s, fd, 0, (size_t)st.st_size, file_sent, (void *)(intptr_t)fd) < 0) {
     c->closing |= !head; /* the head promised bytes that will not come */
@@ -80,11 +105,11 @@ static size_t serve(struct conn *c, const char *p, size_t n) {
     struct http_req *r = &c->r;
     bool head = rc > 0 && r->method_len == 4 && !memcmp(r->method, "HEAD", 4);
     c->closing = rc < 0 || !r->keep_alive || r->te || r->content_length;
-    if (rc < 0 || r->te || r->content_length) respond(c, rc < 0 ? (int)-rc : 400, "bad request\n", 12, false);
-    else if (!head && (r->method_len != 3 || memcmp(r->method, "GET", 3))) respond(c, 405, "", 0, false);
-    else if (r->path_len == 1) respond(c, 200, "Hello, World!", 13, head);
+    if (rc < 0 || r->te || r->content_length) respond(c, rc < 0 ? (int)-rc : 400, TEXT, "bad request\n", 12, false);
+    else if (!head && (r->method_len != 3 || memcmp(r->method, "GET", 3))) respond(c, 405, NULL, "", 0, false);
+    else if (r->path_len == 1) respond(c, 200, TEXT, "Hello, World!", 13, head);
     else if (r->path_len > 6 && !memcmp(r->target, "/file/", 6)) send_file(c, r->target + 6, r->path_len - 6, head);
-    else respond(c, 404, "not found\n", 10, head);
+    else respond(c, 404, TEXT, "not found\n", 10, head);
     used += rc > 0 ? (size_t)rc : 0;
     http_req_init(&c->r);
     c->deadline = (int64_t)ax_loop_now(ax_stream_loop(c->s)) + (int64_t)cfg.timeout_ms;

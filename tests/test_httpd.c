@@ -12,19 +12,30 @@
  */
 #include "childutil.h"
 
+#include <stdlib.h>
+#include <time.h>
+
 #define HTTPD AX_BUILD_DIR "/examples/httpd"
 #define FUZZER "build/fuzz/fuzz_http"
 #define TEST_LIMIT_S 90
 #define WAIT_MS 10000
 #define BIG (3u * 1024u * 1024u + 17u)
 
+/* Every response has a Date line after its status line: its 29 bytes
+ * (IMF-fixdate) are \001 in the expected text, which recv_exact matches
+ * with any date character; test_get_root checks one date's value. */
+#define DATE "Date: \001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\001\r\n"
+#define TYPE "Content-Type: text/plain\r\n"
+#define OCTET "Content-Type: application/octet-stream\r\n"
+#define ALLOW "Allow: GET, HEAD\r\n"
+
 #define REQ(path) "GET " path " HTTP/1.1\r\nHost: t\r\n\r\n"
 #define REQ_CLOSE(path) "GET " path " HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-#define HELLO "HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, World!"
-#define HELLO_CLOSE "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: close\r\n\r\nHello, World!"
-#define NOT_FOUND "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\n\r\nnot found\n"
-#define FORBIDDEN "HTTP/1.1 403 Forbidden\r\nContent-Length: 10\r\n\r\nforbidden\n"
-#define BAD "HTTP/1.1 400 Bad Request\r\nContent-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
+#define HELLO "HTTP/1.1 200 OK\r\n" DATE TYPE "Content-Length: 13\r\n\r\nHello, World!"
+#define HELLO_CLOSE "HTTP/1.1 200 OK\r\n" DATE TYPE "Content-Length: 13\r\nConnection: close\r\n\r\nHello, World!"
+#define NOT_FOUND "HTTP/1.1 404 Not Found\r\n" DATE TYPE "Content-Length: 10\r\n\r\nnot found\n"
+#define FORBIDDEN "HTTP/1.1 403 Forbidden\r\n" DATE TYPE "Content-Length: 10\r\n\r\nforbidden\n"
+#define BAD "HTTP/1.1 400 Bad Request\r\n" DATE TYPE "Content-Length: 12\r\nConnection: close\r\n\r\nbad request\n"
 
 static struct child *g_srv;    /* the server, NULL when none */
 static pid_t g_child;          /* the fuzzer, 0 when none */
@@ -118,7 +129,13 @@ static void send_all(int fd, const void *p, size_t len) {
   }
 }
 
-/* Receive exactly @len bytes equal to @want (each read waits ≤ 10 s). */
+/* Byte @g matches @w: equal, or a date character where @w is \001. */
+static bool same(char g, char w) {
+  return g == w || (w == '\001' && g && strchr("0123456789 ,:ADFGJMNOSTWabceghilnoprtuvy", g));
+}
+
+/* Receive exactly @len bytes equal to @want (each read waits ≤ 10 s);
+ * \001 in @want stands for a date character (DATE). */
 static void recv_exact(int fd, const void *want, size_t len) {
   static char buf[65536];
   for (size_t got = 0; got < len;) {
@@ -130,9 +147,9 @@ static void recv_exact(int fd, const void *want, size_t len) {
     if (r <= 0)
       fail_msg("%s after %zu of %zu bytes (want \"%.60s\")", r ? strerror(errno) : "EOF", got, len,
                (const char *)want + got);
-    if (memcmp(buf, (const char *)want + got, (size_t)r) != 0) {
-      size_t i = 0;
-      while (buf[i] == ((const char *)want)[got + i]) i++;
+    size_t i = 0;
+    while (i < (size_t)r && same(buf[i], ((const char *)want)[got + i])) i++;
+    if (i < (size_t)r) {
       fail_msg("byte %zu differs: got \"%.*s\", want \"%.40s\"", got + i,
                (int)((size_t)r - i < 40 ? (size_t)r - i : 40), buf + i, (const char *)want + got + i);
     }
@@ -168,7 +185,23 @@ static int dialog(unsigned port, const char *req, const char *want, bool eof) {
 static void test_get_root(void **state) {
   (void)state;
   unsigned port = start(NULL);
-  int fd = dialog(port, REQ("/"), HELLO, false);
+  int fd = dial(port);
+  char got[sizeof HELLO] = {0};
+  struct tm tm = {0};
+  send_all(fd, REQ("/"), strlen(REQ("/")));
+  time_t before = time(NULL);
+  for (size_t n = 0; n < strlen(HELLO);) { /* the date's value: now, in GMT */
+    ssize_t r = recv(fd, got + n, strlen(HELLO) - n, 0);
+    assert_true(r > 0 || (r < 0 && errno == EINTR));
+    n += r > 0 ? (size_t)r : 0;
+  }
+  const char *d = strstr(got, "\r\nDate: ");
+  assert_non_null(d);
+  const char *end = strptime(d + 8, "%a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+  assert_non_null(end);
+  assert_int_equal(end - got, strstr(HELLO, "Content-Type") - HELLO);
+  assert_true(llabs((long long)(timegm(&tm) - before)) <= 5);
+  for (size_t i = 0; i < strlen(HELLO); i++) assert_true(same(got[i], HELLO[i]));
   send_all(fd, REQ("/?q=1"), strlen(REQ("/?q=1")));
   recv_exact(fd, HELLO, strlen(HELLO));
   const char *head = "HEAD / HTTP/1.1\r\nHost: t\r\n\r\n";
@@ -176,7 +209,7 @@ static void test_get_root(void **state) {
   recv_exact(fd, HELLO, strlen(HELLO) - 13); /* the head only */
   const char *post = "DELETE / HTTP/1.1\r\nHost: t\r\n\r\n";
   send_all(fd, post, strlen(post));
-  const char *no = "HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n";
+  const char *no = "HTTP/1.1 405 Method Not Allowed\r\n" DATE ALLOW "Content-Length: 0\r\n\r\n";
   recv_exact(fd, no, strlen(no));
   send_all(fd, REQ_CLOSE("/"), strlen(REQ_CLOSE("/")));
   recv_exact(fd, HELLO_CLOSE, strlen(HELLO_CLOSE));
@@ -195,8 +228,8 @@ static void test_keepalive(void **state) {
     recv_exact(fd, want, strlen(want));
   }
   send_all(fd, REQ_CLOSE("/nope"), strlen(REQ_CLOSE("/nope")));
-  recv_exact(fd, "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
-             strlen("HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"));
+  recv_exact(fd, "HTTP/1.1 404 Not Found\r\n" DATE TYPE "Content-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
+             strlen("HTTP/1.1 404 Not Found\r\n" DATE TYPE "Content-Length: 10\r\nConnection: close\r\n\r\nnot found\n"));
   expect_eof(fd);
   stop(SIGTERM);
 }
@@ -245,6 +278,7 @@ static void make_dir(void) {
   assert_non_null(g_big);
   uint64_t seed = 42;
   for (size_t i = 0; i < BIG; i++) g_big[i] = (unsigned char)(xorshift(&seed) >> 24);
+  for (size_t i = 0; i < BIG; i++) g_big[i] += g_big[i] == 1; /* \001 is DATE's wildcard */
   char path[128];
   snprintf(path, sizeof path, "%s/big", g_dir);
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
@@ -264,7 +298,7 @@ static void make_dir(void) {
   assert_int_equal(close(open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0600)), 0);
 }
 
-#define SMALL "HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nsmall file\n"
+#define SMALL "HTTP/1.1 200 OK\r\n" DATE OCTET "Content-Length: 11\r\n\r\nsmall file\n"
 
 static void test_file(void **state) {
   (void)state;
@@ -272,7 +306,7 @@ static void test_file(void **state) {
   const char *args[] = {"--dir", g_dir, NULL};
   unsigned port = start(args);
   char head[128];
-  snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\nContent-Length: %u\r\n\r\n", BIG);
+  snprintf(head, sizeof head, "HTTP/1.1 200 OK\r\n" DATE OCTET "Content-Length: %u\r\n\r\n", BIG);
   /* Alone, then between other responses, pipelined in one write. */
   int fd = dialog(port, REQ("/file/big"), head, false);
   recv_exact(fd, g_big, BIG);
@@ -283,7 +317,7 @@ static void test_file(void **state) {
   recv_exact(fd, head, strlen(head));
   recv_exact(fd, g_big, BIG);
   recv_exact(fd, SMALL, strlen(SMALL) - 11);
-  const char *last = "HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nsmall file\n";
+  const char *last = "HTTP/1.1 200 OK\r\n" DATE OCTET "Content-Length: 11\r\nConnection: close\r\n\r\nsmall file\n";
   recv_exact(fd, last, strlen(last));
   expect_eof(fd);
   stop(SIGTERM);
@@ -315,7 +349,7 @@ static void test_malformed(void **state) {
   dialog(port, "GET / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", BAD, true);
   dialog(port, REQ("/") "BAD\r\n\r\n" REQ("/"), HELLO BAD, true); /* answered up to the error */
   dialog(port, "GET / HTTP/2.0\r\nHost: t\r\n\r\n",
-         "HTTP/1.1 505 HTTP Version Not Supported\r\nContent-Length: 12\r\nConnection: close\r\n\r\n"
+         "HTTP/1.1 505 HTTP Version Not Supported\r\n" DATE TYPE "Content-Length: 12\r\nConnection: close\r\n\r\n"
          "bad request\n",
          true);
   /* A head past 8 KiB, with and without its end. */
@@ -323,7 +357,7 @@ static void test_malformed(void **state) {
   int n = snprintf(big, sizeof big, "GET / HTTP/1.1\r\nHost: t\r\nX: ");
   memset(big + n, 'a', sizeof big - (size_t)n - 5);
   memcpy(big + sizeof big - 5, "\r\n\r\n", 5);
-  const char *too = "HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Length: 12\r\n"
+  const char *too = "HTTP/1.1 431 Request Header Fields Too Large\r\n" DATE TYPE "Content-Length: 12\r\n"
                     "Connection: close\r\n\r\nbad request\n";
   int fd = dial(port);
   send_all(fd, big, 9000);
@@ -357,11 +391,11 @@ static void test_http10(void **state) {
   unsigned port = start(NULL);
   dialog(port, "GET / HTTP/1.0\r\n\r\n", HELLO_CLOSE, true);
   int fd = dialog(port, "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
-                  "HTTP/1.1 200 OK\r\nContent-Length: 13\r\nConnection: keep-alive\r\n\r\nHello, World!",
+                  "HTTP/1.1 200 OK\r\n" DATE TYPE "Content-Length: 13\r\nConnection: keep-alive\r\n\r\nHello, World!",
                   false);
   send_all(fd, "GET /x HTTP/1.0\r\n\r\n", 19);
-  recv_exact(fd, "HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
-             strlen("HTTP/1.1 404 Not Found\r\nContent-Length: 10\r\nConnection: close\r\n\r\nnot found\n"));
+  recv_exact(fd, "HTTP/1.1 404 Not Found\r\n" DATE TYPE "Content-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
+             strlen("HTTP/1.1 404 Not Found\r\n" DATE TYPE "Content-Length: 10\r\nConnection: close\r\n\r\nnot found\n"));
   expect_eof(fd);
   stop(SIGTERM);
 }
