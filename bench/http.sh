@@ -174,7 +174,10 @@ for ((r = 0; r < rounds; r++)); do
       read -ra v <<<"$result"
       note "round $((r + 1)) depth $depth $impl: rps=${v[0]} p99_us=${v[1]} srv_us_per_req=${v[2]} client_cpu_pct=${v[3]}"
       i=0
-      for k in $keys; do res[$impl $depth $k]+="${v[i++]} "; done
+      for k in $keys; do # a median over the rounds that have the figure
+        [[ ${v[i]} != NA ]] && res[$impl $depth $k]+="${v[i]} "
+        i=$((i + 1))
+      done
     done
   done
 done
