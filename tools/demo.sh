@@ -54,6 +54,8 @@ status=0
 wait "$echo_pid" || status=$?
 echo "SIGTERM: echo_actor exited with status $status; its per-worker counters (ax_rt_dump):"
 sed 's/^/  /' "$tmp/ea.err"
+echo "  (read after shutdown: spawned is the round-robin split of the 100 connections;"
+echo "   the echoed bytes go through stream callbacks, not actor messages)"
 pids=()
 
 if [[ ${timers##*/} == timers_actor ]]; then
