@@ -749,6 +749,23 @@ static void give_run(bool other) {
   int gw = atomic_load(&env.giver_w), tw = atomic_load(&env.taker_w);
   if ((gw != tw) != other)
     fail_msg("give: from worker %d to worker %d", gw, tw);
+  /* Each byte crossed the workers' streams once each way (ax_rt_stats).
+   * The client can have the last bytes before their send's completion is
+   * counted (io_uring): wait for the counts, 5 s at most. */
+  uint64_t in, out;
+  for (int64_t until = now_ms() + 5000;; sleep_ms(2)) {
+    in = out = 0;
+    for (unsigned w = 0; w < 2; w++) {
+      ax_worker_stats_t st;
+      assert_int_equal(ax_rt_stats(rt, w, &st), 0);
+      in += st.bytes_in, out += st.bytes_out;
+    }
+    if ((in == GIVE_TOTAL && out == GIVE_TOTAL) || now_ms() > until)
+      break;
+  }
+  if (in != GIVE_TOTAL || out != GIVE_TOTAL)
+    fail_msg("give: workers counted %llu bytes in and %llu out, want %u each",
+             (unsigned long long)in, (unsigned long long)out, GIVE_TOTAL);
   ax_rt_free(rt);
 }
 

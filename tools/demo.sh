@@ -54,8 +54,9 @@ status=0
 wait "$echo_pid" || status=$?
 echo "SIGTERM: echo_actor exited with status $status; its per-worker counters (ax_rt_dump):"
 sed 's/^/  /' "$tmp/ea.err"
-echo "  (read after shutdown: spawned is the round-robin split of the 100 connections;"
-echo "   the echoed bytes go through stream callbacks, not actor messages)"
+echo "  (read after shutdown: spawned is the round-robin split of the 100 connections,"
+echo "   bytes_in/bytes_out the echoed bytes; they flow through stream callbacks,"
+echo "   not actor messages, so messages stays 0)"
 pids=()
 
 if [[ ${timers##*/} == timers_actor ]]; then

@@ -495,6 +495,8 @@ typedef struct ax_proactor_info {
   size_t read_bufs_idle;     /* read buffers pooled */
   uint64_t file_ops_pool;    /* file operations run on the thread pool */
   uint64_t file_ops_native;  /* file operations run on io_uring */
+  uint64_t bytes_in;         /* stream bytes read on this loop, ever */
+  uint64_t bytes_out;        /* stream bytes written on this loop, ever */
 } ax_proactor_info_t;
 
 /** Facts about @loop's proactor (created on first use). A loop on

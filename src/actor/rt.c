@@ -258,6 +258,8 @@ int ax_rt_stats(const ax_rt_t *rt, unsigned i, ax_worker_stats_t *out) {
   for (size_t k = 0; k < sizeof *out / sizeof(uint64_t); k++)
     dst[k] = ck_pr_load_64(&src[k]);
   out->wakeups = ax_mailbox_wakes(w->loop->mb);
+  out->bytes_in = ck_pr_load_64(&w->loop->px_bytes_in);
+  out->bytes_out = ck_pr_load_64(&w->loop->px_bytes_out);
   return 0;
 }
 
@@ -270,11 +272,12 @@ void ax_rt_dump(const ax_rt_t *rt, FILE *out) {
     fprintf(out,
             "worker %u: actors=%llu spawned=%llu messages=%llu remote_in=%llu "
             "queued=%llu dead_letters=%llu refused=%llu wakeups=%llu "
-            "connections=%llu turns=%llu\n",
+            "connections=%llu turns=%llu bytes_in=%llu bytes_out=%llu\n",
             i, (unsigned long long)s.actors, (unsigned long long)s.spawned,
             (unsigned long long)s.messages, (unsigned long long)s.remote_in,
             (unsigned long long)s.queued, (unsigned long long)s.dead_letters,
             (unsigned long long)s.refused, (unsigned long long)s.wakeups,
-            (unsigned long long)s.connections, (unsigned long long)s.turns);
+            (unsigned long long)s.connections, (unsigned long long)s.turns,
+            (unsigned long long)s.bytes_in, (unsigned long long)s.bytes_out);
   }
 }

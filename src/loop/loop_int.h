@@ -269,6 +269,11 @@ struct ax_loop {
    * before the sources go. The loop knows nothing else of it. */
   void *px;
   void (*px_fini)(ax_loop_t *loop);
+  /* Stream bytes read and written on this loop (src/proactor): the loop's
+   * thread adds with ck_pr stores, any thread reads with ck_pr loads
+   * (ax_rt_stats). Here rather than in px so that they exist, as zeros,
+   * before the proactor does. */
+  uint64_t px_bytes_in, px_bytes_out;
 
   /* Completions of native io_uring operations (ax__uop), reaped by the
    * backend's wait and dispatched after readiness events. */

@@ -25,6 +25,10 @@
 
 struct ax__px;
 
+/* Add @n to a loop's byte counter (px_bytes_in/out): one writer, the
+ * loop's thread; readers on other threads load it with ck_pr. */
+static inline void ax__px_count(uint64_t *c, uint64_t n) { ck_pr_store_64(c, *c + n); }
+
 /* ---- buffers (buf.c) ----------------------------------------------------- */
 
 /* Free the loop's read pool (ax_loop_bufpool) if it was made. */

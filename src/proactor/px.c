@@ -213,6 +213,8 @@ int ax_proactor_info(ax_loop_t *loop, ax_proactor_info_t *out) {
   out->streams = px->nstreams;
   out->file_ops_pool = px->file_ops_pool;
   out->file_ops_native = px->file_ops_native;
+  out->bytes_in = loop->px_bytes_in;
+  out->bytes_out = loop->px_bytes_out;
   if ((pool = ax_loop_bufpool(loop)) != NULL) {
     out->read_bufs_out = ax_bufpool_outstanding(pool);
     out->read_bufs_idle = ax_bufpool_idle(pool);

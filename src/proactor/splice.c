@@ -66,6 +66,7 @@ static bool drain_pipe(struct ax__splice *sp) {
     sp->inpipe -= (size_t)n;
     sp->bytes += (uint64_t)n;
     sp->to->bytes_written += (uint64_t)n;
+    ax__px_count(&sp->to->loop->px_bytes_out, (uint64_t)n);
   }
   if (sp->from_eof) {
     splice_end(sp, AX_EOF, false);
@@ -94,6 +95,7 @@ static bool fill_pipe(struct ax__splice *sp) {
     }
     sp->inpipe += (size_t)n;
     sp->from->bytes_read += (uint64_t)n;
+    ax__px_count(&sp->from->loop->px_bytes_in, (uint64_t)n);
     if (!drain_pipe(sp))
       return false;
   }

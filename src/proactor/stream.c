@@ -287,6 +287,7 @@ static int deliver(void *ctx, ax_slice_t f) {
 void ax__stream_on_data(ax_stream_t *s, ax_slice_t data) {
   int r;
   s->bytes_read += data.len;
+  ax__px_count(&s->loop->px_bytes_in, data.len);
   if (s->ext && !ax__chain_empty(&s->ext->rchain)) {
     if ((r = ax__chain_push(&s->ext->rchain, data)) < 0)
       ax__stream_fail(s, r);
@@ -517,6 +518,7 @@ static ssize_t write_now(ax_stream_t *s, const struct iovec *iov, int n) {
     return w;
   }
   s->bytes_written += (uint64_t)w;
+  ax__px_count(&s->loop->px_bytes_out, (uint64_t)w);
   return w;
 }
 
@@ -747,6 +749,7 @@ void ax__stream_on_written(ax_stream_t *s, uint64_t n) {
   pop_empty(s);
   s->queued -= total;
   s->bytes_written += total;
+  ax__px_count(&s->loop->px_bytes_out, total);
   if (s->wq_head == NULL && ax_buflist_count(&s->wq) == 0)
     ax_buflist_clear(&s->wq); /* an idle stream holds no ring */
   deadline_update(s);
