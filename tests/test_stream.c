@@ -808,6 +808,8 @@ static void test_echo_one(void **state) {
   assert_int_equal(e.closed, 1);
   assert_int_equal(e.failed, 0);
   assert_int_equal(px_info(loop).streams, 0);
+  assert_int_equal(px_info(loop).bytes_in, c.total); /* the loop's byte counters */
+  assert_int_equal(px_info(loop).bytes_out, c.total);
   ax_source_free(tk);
   esrv_stop(&e);
   loop_free(loop);

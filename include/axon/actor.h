@@ -508,8 +508,9 @@ typedef struct ax_worker_stats {
   uint64_t wakeups;      /* times its loop was woken from sleep */
   uint64_t connections;  /* connection actors alive now */
   uint64_t turns;        /* actor turns run */
-  uint64_t bytes_in;     /* stream bytes read on its loop (connections' */
-  uint64_t bytes_out;    /* I/O, which needs no actor message), written */
+  /* Stream bytes read and written on its loop, ever: connections' I/O,
+   * which reaches actors as stream callbacks, not messages. */
+  uint64_t bytes_in, bytes_out;
 } ax_worker_stats_t;
 
 /**
