@@ -333,6 +333,16 @@ typedef void (*ax_splice_cb)(ax_stream_t *from, ax_stream_t *to, int status,
  */
 AX_API int ax_splice(ax_stream_t *from, ax_stream_t *to, ax_splice_cb cb,
                      void *ud);
+/**
+ * ax_splice_stop() - end the splice reading @from, on @from's loop thread.
+ * The callback runs with -ECANCELED and the bytes moved so far, after
+ * this call returns (inside it only when memory to defer it is lacking).
+ * Bytes already read from @from but still in the kernel pipe (at most the
+ * pipe's capacity) are dropped, not written to the destination: stop a
+ * splice to abandon the transfer, not to pause it. Both streams stay open.
+ * Errors: -EINVAL (NULL or closing stream), -EALREADY (@from is not
+ * splicing).
+ */
 AX_API int ax_splice_stop(ax_stream_t *from);
 
 /* ------------------------------------------------------------------------ */
