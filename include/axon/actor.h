@@ -438,6 +438,8 @@ typedef struct ax_acceptor_options {
   uint32_t capacity;    /* connection actors' mailbox capacity; 0: default */
 } ax_acceptor_options_t;
 
+/** Defaults (all zero): AX_PLACE_ROUND_ROBIN, SOMAXCONN,
+ *  the acceptor on worker 0, no argument, the runtime's capacity. */
 AX_API void ax_acceptor_options_init(ax_acceptor_options_t *o);
 
 typedef struct ax_acceptor ax_acceptor_t;
