@@ -258,6 +258,7 @@ int ax_rt_stats(const ax_rt_t *rt, unsigned i, ax_worker_stats_t *out) {
   for (size_t k = 0; k < sizeof *out / sizeof(uint64_t); k++)
     dst[k] = ck_pr_load_64(&src[k]);
   out->wakeups = ax_mailbox_wakes(w->loop->mb);
+  /* Pairs with ax__px_count's store: whole values, no ordering. */
   out->bytes_in = ck_pr_load_64(&w->loop->px_bytes_in);
   out->bytes_out = ck_pr_load_64(&w->loop->px_bytes_out);
   return 0;

@@ -270,9 +270,9 @@ struct ax_loop {
   void *px;
   void (*px_fini)(ax_loop_t *loop);
   /* Stream bytes read and written on this loop (src/proactor): the loop's
-   * thread adds with ck_pr stores, any thread reads with ck_pr loads
-   * (ax_rt_stats). Here rather than in px so that they exist, as zeros,
-   * before the proactor does. */
+   * thread adds with ck_pr stores (ax__px_count), any thread reads with
+   * ck_pr loads (ax_rt_stats); untorn values, no ordering. Here rather than
+   * in px so that they exist, as zeros, before the proactor does. */
   uint64_t px_bytes_in, px_bytes_out;
 
   /* Completions of native io_uring operations (ax__uop), reaped by the

@@ -25,8 +25,10 @@
 
 struct ax__px;
 
-/* Add @n to a loop's byte counter (px_bytes_in/out): one writer, the
- * loop's thread; readers on other threads load it with ck_pr. */
+/* Add @n to a loop's byte counter (px_bytes_in/out). One writer, the
+ * loop's thread, so no read-modify-write is needed; the ck_pr store pairs
+ * with ax_rt_stats' ck_pr load only so that a reader never sees a torn
+ * value. It orders nothing else: a counter is a snapshot. */
 static inline void ax__px_count(uint64_t *c, uint64_t n) { ck_pr_store_64(c, *c + n); }
 
 /* ---- buffers (buf.c) ----------------------------------------------------- */
